@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: the real-data folder and single-threaded torch."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("LANDMARK_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data`` (or ``$LANDMARK_DATA_DIR``); required in CI, skipped elsewhere if absent."""
+    d = _data_dir()
+    if not (d / "hamedan_ceph").is_dir():
+        msg = f"real data not found at {d} (set LANDMARK_DATA_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
