@@ -1,0 +1,48 @@
+"""Stop training when a wall-clock budget is spent (``max_train_minutes``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ignite.engine import Engine, Events
+
+__all__ = ["TimeBudgetHandler"]
+
+
+class TimeBudgetHandler:
+    """Terminate the attached engine once ``max_minutes`` have passed since it started.
+
+    The check runs after every iteration, so the overshoot is one iteration plus the end-of-epoch
+    handlers (validation, checkpoint) that ``terminate`` still lets run. ``max_minutes`` <= 0 or
+    ``None`` disables the budget.
+
+    Args:
+        max_minutes: the budget in minutes.
+        name: logger name.
+    """
+
+    def __init__(self, max_minutes: float | None, name: str | None = None) -> None:
+        self.max_seconds = None if not max_minutes or max_minutes <= 0 else float(max_minutes) * 60.0
+        self.logger = logging.getLogger(name or __name__)
+        self._start: float | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_seconds is None:
+            return
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return 0.0 if self._start is None else time.monotonic() - self._start
+
+    def _check(self, engine: Engine) -> None:
+        if self.max_seconds is not None and self.elapsed() >= self.max_seconds and not engine.should_terminate:
+            self.logger.info(
+                f"time budget of {self.max_seconds / 60:.1f} min reached at epoch {engine.state.epoch}, "
+                f"iteration {engine.state.iteration}: stopping"
+            )
+            engine.terminate()
