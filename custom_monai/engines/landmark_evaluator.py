@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from monai.engines import Evaluator
-from monai.engines.utils import default_metric_cmp_fn
 from monai.transforms import Transform
 from torch.utils.data import DataLoader
+
+from custom_monai.metrics import lower_is_better
 
 __all__ = ["LandmarkEvaluator", "landmark_metric_output"]
 
@@ -36,6 +37,7 @@ class LandmarkEvaluator(Evaluator):
         network: the module(s) of the predictor, used for ``eval()`` mode and by checkpoint handlers.
         predictor: callable ``(batch, device) -> (points (B, N, D), confidence (B, N))`` with points in the
             original image's index frame (NaN = not found).
+        metric_cmp_fn: compares key metric values; default: lower is better (errors).
         amp: autocast the prediction on CUDA.
         other args: as :class:`monai.engines.Evaluator`.
 
@@ -52,7 +54,7 @@ class LandmarkEvaluator(Evaluator):
         non_blocking: bool = False,
         key_val_metric: dict | None = None,
         additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        metric_cmp_fn: Callable | None = None,
         val_handlers: Sequence | None = None,
         amp: bool = False,
         postprocessing: Transform | None = None,
@@ -65,7 +67,7 @@ class LandmarkEvaluator(Evaluator):
             postprocessing=postprocessing,
             key_val_metric=key_val_metric,
             additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
+            metric_cmp_fn=metric_cmp_fn or lower_is_better,
             val_handlers=val_handlers,
             amp=amp,
             decollate=False,

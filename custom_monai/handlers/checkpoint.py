@@ -18,7 +18,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["atomic_torch_save", "ResumableCheckpoint", "BestMetricCheckpoint", "state_dicts"]
+__all__ = ["atomic_torch_save", "checkpoint_meta", "load_checkpoint", "ResumableCheckpoint", "BestMetricCheckpoint", "state_dicts"]
 
 
 def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,13 +59,52 @@ def _load_into(objects: Mapping[str, Any], checkpoint: Mapping[str, Any], path: 
         obj.load_state_dict(checkpoint[k])
 
 
+def _plain(obj: Any) -> Any:
+    """Config values -> plain Python (lists, dicts, numbers, strings) for a portable checkpoint."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The ``"_meta"`` dictionary saved by :class:`BestMetricCheckpoint` (landmark names, settings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or pass --ckpt_path)")
+    meta = torch.load(path, map_location="cpu", weights_only=False).get("_meta")
+    if not isinstance(meta, dict):
+        raise KeyError(f"checkpoint {path} has no '_meta' entry (was it written by BestMetricCheckpoint?)")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, objects: Mapping[str, Any], map_location: str = "cpu") -> dict:
+    """Load the entries of a checkpoint file into ``objects`` (``{key: module}``); return the file's dict.
+
+    A clear error names the file when it is missing or lacks an entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or pass ckpt_path)")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    _load_into(objects, checkpoint, path)
+    return checkpoint
+
+
 class ResumableCheckpoint:
     """Save the whole training state after every epoch and resume from it when it exists.
 
-    ``save_dict`` holds the network(s), optimizer, scheduler and usually the trainer itself (its
-    ``state_dict`` carries epoch and iteration). With ``resume=True`` and an existing file, the state is
-    loaded when the trainer starts, so training continues from the next epoch with the same optimizer
-    state. The run's ``max_epochs`` wins over the stored one, so a finished run can be extended.
+    ``save_dict`` holds the network(s), optimizer, scheduler and anything else with a ``state_dict``
+    (e.g. a :class:`BestMetricCheckpoint`); the engine it is attached to is saved too (under
+    ``"trainer"``: epoch and iteration), which avoids a circular reference in bundle configs. With
+    ``resume=True`` and an existing file, the state is loaded when the trainer starts, so training
+    continues from the next epoch with the same optimizer state. The run's ``max_epochs`` wins over the
+    stored one, so a finished run can be extended.
 
     Args:
         save_dir: folder of the checkpoint.
@@ -102,12 +141,21 @@ class ResumableCheckpoint:
         max_epochs = engine.state.max_epochs
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
         _load_into(self.save_dict, checkpoint, self.path)
+        if "trainer" in checkpoint:
+            trainer_state = dict(checkpoint["trainer"])
+            done = int(trainer_state["iteration"]) // max(int(trainer_state["epoch_length"]), 1)
+            trainer_state["max_epochs"] = max(int(trainer_state.get("max_epochs") or 0), done)
+            engine.load_state_dict(trainer_state)
         engine.state.max_epochs = max_epochs
+        if engine.state.epoch >= max_epochs:
+            self.logger.info(f"{self.path}: already trained {engine.state.epoch} epochs (max_epochs {max_epochs})")
         self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
 
     def save(self, engine: Engine) -> None:
         if idist.get_rank() == 0:
-            atomic_torch_save(state_dicts(self.save_dict), self.path)
+            data = state_dicts(self.save_dict)
+            data["trainer"] = engine.state_dict()
+            atomic_torch_save(data, self.path)
 
     def _on_exception(self, engine: Engine, e: Exception) -> None:
         if not isinstance(e, KeyboardInterrupt):
@@ -127,7 +175,10 @@ class BestMetricCheckpoint:
         filename: file name.
         metric_name: evaluator metric name; default: the evaluator's key metric.
         mode: ``"min"`` or ``"max"``.
-        trainer: used only to record the epoch.
+        trainer: used only to record the epoch (default: the evaluator's epoch, which MONAI's
+            ``ValidationHandler`` sets to the trainer's).
+        meta: what inference needs to rebuild the model (landmark names, network and preprocessing
+            settings), stored under ``"_meta"`` so that ``inference.json`` reads it from the file.
     """
 
     def __init__(
@@ -138,6 +189,7 @@ class BestMetricCheckpoint:
         metric_name: str | None = None,
         mode: str = "min",
         trainer: Engine | None = None,
+        meta: dict | None = None,
         name: str | None = None,
     ) -> None:
         if mode not in ("min", "max"):
@@ -147,6 +199,7 @@ class BestMetricCheckpoint:
         self.metric_name = metric_name
         self.mode = mode
         self.trainer = trainer
+        self.meta = _plain(meta or {})
         self.best: float | None = None
         self.logger = logging.getLogger(name or __name__)
 
@@ -173,7 +226,7 @@ class BestMetricCheckpoint:
             self.best = value
             if idist.get_rank() == 0:
                 data = state_dicts(self.save_dict)
-                epoch = self.trainer.state.epoch if self.trainer is not None else None
-                data["_meta"] = {"metric_name": name, "metric": value, "epoch": epoch}
+                epoch = self.trainer.state.epoch if self.trainer is not None else engine.state.epoch
+                data["_meta"] = {**self.meta, "metric_name": name, "metric": value, "epoch": epoch}
                 atomic_torch_save(data, self.path)
                 self.logger.info(f"saved {self.path} ({name} = {value:.4f}, epoch {epoch})")

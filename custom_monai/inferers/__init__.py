@@ -1,1 +1,17 @@
-"""custom_monai.inferers"""
+"""Predictors (batch -> landmarks in the original frame) and multi-stage inference."""
+
+from .attention_guided import AttentionGuidedPredictor
+from .expansive_exploration import ExpansiveExplorationInferer, coarse_from_global, crop_regions, decode_threshold_mean, expansive_regions
+from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
+
+__all__ = [
+    "AttentionGuidedPredictor",
+    "ExpansiveExplorationInferer",
+    "LandmarkPredictor",
+    "coarse_from_global",
+    "crop_regions",
+    "decode_threshold_mean",
+    "expansive_regions",
+    "grid_to_original",
+    "original_to_grid",
+]

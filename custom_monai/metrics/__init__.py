@@ -1,1 +1,19 @@
-"""custom_monai.metrics"""
+"""custom_monai.metrics: radial error, MRE/SD/median, SDR and per-landmark tables; Ignite wrappers."""
+
+from custom_monai.metrics.ignite_metric import MeanRadialError, SuccessDetectionRate, lower_is_better
+from custom_monai.metrics.landmark_metrics import (
+    DEFAULT_THRESHOLDS,
+    LandmarkErrorAccumulator,
+    radial_errors,
+    summarize_errors,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "LandmarkErrorAccumulator",
+    "MeanRadialError",
+    "SuccessDetectionRate",
+    "lower_is_better",
+    "radial_errors",
+    "summarize_errors",
+]

@@ -1,0 +1,301 @@
+"""Attention-guided local inference with Expansive Exploration (Zhong et al., MICCAI 2019).
+
+Stage 1 gives one coarse point per landmark (arg-max of the global heatmaps, :func:`coarse_from_global`).
+Stage 2 runs the local U-Net on square regions around it: with expansion, four regions at the corners
+of a square of side ``eps * region`` plus one centred region (:func:`expansive_regions`); the
+softmax channel of that landmark from every region is pasted into a heatmap ``H_M`` (overlaps averaged,
+0 outside the regions); per channel ``H_M`` is min-max normalised, values below ``threshold`` are
+dropped, and the landmark is the unweighted mean position of the remaining pixels
+(:func:`decode_threshold_mean`).
+
+Everything here is plain torch and works for 2D and 3D (``2**D`` corner regions + 1). Instead of a
+full-size ``H_M`` per landmark, the regions are pasted into a local canvas covering their union
+(side ``eps * region``), which gives the same result: the full-size map is 0 outside the canvas, so
+its minimum is 0 unless the regions cover the whole image, which is handled explicitly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.data import MetaTensor
+
+__all__ = [
+    "expansive_regions",
+    "crop_regions",
+    "decode_threshold_mean",
+    "coarse_from_global",
+    "ExpansiveExplorationInferer",
+]
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def expansive_regions(center: torch.Tensor, region: float = 150, eps: float = 1.8) -> torch.Tensor:
+    """Centres of the Expansive Exploration regions around each coarse point.
+
+    Args:
+        center: (N, D) coarse points (pixel/voxel index coordinates).
+        region: side of one square region.
+        eps: expansion factor; the corner regions tile a square of side ``eps * region`` (paper: 1.8, in (1, 2)).
+
+    Returns:
+        (N, 2**D + 1, D): the ``2**D`` corner-region centres, offset by ``±(eps - 1) * region / 2`` on every
+        axis (±60 px for 150 px and 1.8), then the centre itself.
+    """
+    center = _plain(center)
+    if center.dim() != 2:
+        raise ValueError(f"expansive_regions: center must be (N, D), got shape {list(center.shape)}")
+    if region <= 0 or eps <= 0:
+        raise ValueError(f"expansive_regions: region and eps must be > 0, got region={region}, eps={eps}")
+    dims = center.shape[1]
+    dtype = center.dtype if center.is_floating_point() else torch.float32
+    half = (eps * region - region) / 2.0
+    signs = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=dims)), dtype=dtype, device=center.device)
+    offsets = torch.cat([signs * half, torch.zeros((1, dims), dtype=dtype, device=center.device)])
+    return center.to(dtype)[:, None, :] + offsets[None]
+
+
+def _grid_index(starts: torch.Tensor, size: Sequence[int], dim: int) -> torch.Tensor:
+    """(K, 1.., size[dim], ..1) indices ``starts[:, dim] + arange`` shaped to broadcast over a (K, *size) block."""
+    shape = [starts.shape[0]] + [1] * len(size)
+    shape[1 + dim] = size[dim]
+    return (starts[:, dim : dim + 1] + torch.arange(size[dim], device=starts.device)).view(shape)
+
+
+def crop_regions(
+    image: torch.Tensor, starts: torch.Tensor, size: int | Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop K boxes ``[start, start + size)`` from ``image`` (C, *spatial), zero outside the image.
+
+    Returns:
+        patches (K, C, *size) and ``inside`` (K, *size), True where the patch pixel lies in the image.
+    """
+    image = _plain(image)
+    starts = _plain(starts).long()
+    dims = image.dim() - 1
+    if starts.dim() != 2 or starts.shape[1] != dims:
+        raise ValueError(f"crop_regions: starts must be (K, {dims}) for an image of shape {list(image.shape)}")
+    size = [int(size)] * dims if isinstance(size, (int, float)) else [int(s) for s in size]
+    k = starts.shape[0]
+    inside = torch.ones([k] + size, dtype=torch.bool, device=image.device)
+    index = []
+    for d in range(dims):
+        idx = _grid_index(starts, size, d)
+        inside = inside & (idx >= 0) & (idx < image.shape[1 + d])
+        index.append(idx.clamp(0, image.shape[1 + d] - 1))
+    patches = image[(slice(None), *index)]  # (C, K, *size)
+    patches = patches.movedim(0, 1) * inside[:, None].to(image.dtype)
+    return patches, inside
+
+
+def decode_threshold_mean(
+    heatmaps: torch.Tensor,
+    threshold: float = 0.5,
+    valid: torch.Tensor | None = None,
+    minimum: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel: min-max normalise, drop values below ``threshold``, mean position of the rest.
+
+    Args:
+        heatmaps: (N, *spatial), one map per landmark.
+        threshold: kept where the normalised value is >= ``threshold`` (and > 0).
+        valid: optional (N, *spatial) bool; only these pixels exist (min, max and mean ignore the rest).
+        minimum: optional (N,) value used as the map minimum instead of the one computed over ``valid``.
+
+    Returns:
+        points (N, D) in index coordinates of the maps (NaN where nothing survives, e.g. a constant map),
+        and ``found`` (N,) bool.
+    """
+    heatmaps = _plain(heatmaps)
+    n = heatmaps.shape[0]
+    spatial = heatmaps.shape[1:]
+    flat = heatmaps.reshape(n, -1).float()
+    ok = torch.ones_like(flat, dtype=torch.bool) if valid is None else _plain(valid).reshape(n, -1).bool()
+    hi = torch.where(ok, flat, torch.full_like(flat, -math.inf)).amax(1)
+    lo = torch.where(ok, flat, torch.full_like(flat, math.inf)).amin(1) if minimum is None else _plain(minimum).float()
+    span = hi - lo
+    norm = (flat - lo[:, None]) / span.clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
+    keep = ok & (norm >= threshold) & (norm > 0) & (span > 0)[:, None]
+    w = keep.to(flat.dtype)
+    count = w.sum(1)
+    coords = torch.stack(
+        torch.meshgrid(*[torch.arange(s, dtype=flat.dtype, device=flat.device) for s in spatial], indexing="ij"), -1
+    ).reshape(-1, len(spatial))
+    points = (w @ coords) / count.clamp_min(1)[:, None]
+    found = count > 0
+    points = torch.where(found[:, None], points, torch.full_like(points, math.nan))
+    return points, found
+
+
+def coarse_from_global(global_probs: torch.Tensor, n_landmarks: int) -> torch.Tensor:
+    """Arg-max position of each of the first ``n_landmarks`` channels (the background channel is last).
+
+    Args:
+        global_probs: (B, C, *spatial) global-stage heatmaps (logits or probabilities).
+        n_landmarks: number of landmark channels (C - 1 with a background channel).
+
+    Returns:
+        (B, N, D) float index coordinates on the heatmap grid.
+    """
+    global_probs = _plain(global_probs)
+    if global_probs.dim() < 3:
+        raise ValueError(f"coarse_from_global: expected (B, C, *spatial), got shape {list(global_probs.shape)}")
+    if not 0 < n_landmarks <= global_probs.shape[1]:
+        raise ValueError(
+            f"coarse_from_global: n_landmarks={n_landmarks} but the heatmaps have {global_probs.shape[1]} channels"
+        )
+    spatial = tuple(global_probs.shape[2:])
+    flat = global_probs[:, :n_landmarks].flatten(2).argmax(-1)  # (B, N)
+    return torch.stack(torch.unravel_index(flat, spatial), -1).float()
+
+
+def _paste_mean(
+    maps: torch.Tensor, rel_starts: torch.Tensor, inside: torch.Tensor, canvas: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average (N, P, *size) maps placed at ``rel_starts`` (N, P, D) on an (N, *canvas) grid.
+
+    Only ``inside`` pixels (in the image) are pasted. Returns the averaged canvas (0 where nothing was
+    pasted) and ``covered`` (N, *canvas) bool.
+    """
+    n, p = maps.shape[:2]
+    size = list(maps.shape[2:])
+    strides = [math.prod(canvas[d + 1 :]) for d in range(len(canvas))]
+    starts = rel_starts.reshape(n * p, -1)
+    lin = sum(_grid_index(starts, size, d) * strides[d] for d in range(len(canvas)))  # (N*P, *size)
+    lin = lin.reshape(n, -1)
+    w = inside.reshape(n, -1).to(maps.dtype)
+    total = torch.zeros((n, math.prod(canvas)), dtype=maps.dtype, device=maps.device)
+    count = torch.zeros_like(total)
+    total.scatter_add_(1, lin, maps.reshape(n, -1) * w)
+    count.scatter_add_(1, lin, w)
+    covered = count > 0
+    mean = total / count.clamp_min(1)
+    return mean.reshape([n] + list(canvas)), covered.reshape([n] + list(canvas))
+
+
+class ExpansiveExplorationInferer:
+    """Local-stage inference of Zhong et al.: crops around coarse points -> merged heatmaps -> points.
+
+    Args:
+        local_net_fn: the local network (or any callable) mapping (B, C_in, *region) to (B, C, *region)
+            logits (or probabilities with ``softmax=False``); C = landmarks + 1 with ``background``.
+        region_size: side of each inference region in pixels at the local scale (paper: 150).
+        eps: expansion factor (paper: 1.8 -> corner regions offset by ±60 px).
+        expand: use the 2**D corner regions + centre; ``False`` = one centred region (paper ablation).
+        threshold: threshold on the min-max-normalised merged heatmap (paper: 0.5).
+        background: the network's last output channel is background (so C = N + 1, else C = N).
+        softmax: apply a softmax over channels to the network output.
+        batch_size: regions per forward pass (all N * (2**D + 1) regions are split into chunks of this size).
+
+    ``__call__(image, coarse) -> (points (N, D), confidence (N,))``: ``image`` (1, C_in, *spatial) at
+    the local scale, ``coarse`` (N, D) coarse points on the same grid. ``points`` are on that grid;
+    ``confidence`` is the maximum of the landmark's averaged probability map. A landmark whose merged map
+    is constant (nothing to threshold) keeps its coarse point with confidence 0; a NaN coarse point
+    gives a NaN point. The network runs under ``torch.no_grad()``; putting it in eval mode is the
+    caller's job (MONAI's evaluators do).
+    """
+
+    def __init__(
+        self,
+        local_net_fn: Callable[[torch.Tensor], torch.Tensor],
+        region_size: int = 150,
+        eps: float = 1.8,
+        expand: bool = True,
+        threshold: float = 0.5,
+        background: bool = True,
+        softmax: bool = True,
+        batch_size: int = 32,
+    ) -> None:
+        if int(region_size) < 1:
+            raise ValueError(f"ExpansiveExplorationInferer: region_size must be >= 1, got {region_size}")
+        if batch_size < 1:
+            raise ValueError(f"ExpansiveExplorationInferer: batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"ExpansiveExplorationInferer: threshold must be in [0, 1], got {threshold}")
+        self.local_net_fn = local_net_fn
+        self.region_size = int(region_size)
+        self.eps = float(eps)
+        self.expand = expand
+        self.threshold = float(threshold)
+        self.background = background
+        self.softmax = softmax
+        self.batch_size = int(batch_size)
+
+    def region_starts(self, coarse: torch.Tensor) -> torch.Tensor:
+        """(N, P, D) integer start corners of the regions around each coarse point."""
+        centres = expansive_regions(coarse, self.region_size, self.eps) if self.expand else coarse[:, None].float()
+        return torch.floor(centres + 0.5).long() - self.region_size // 2
+
+    def _run_net(self, patches: torch.Tensor, channel: torch.Tensor, n_landmarks: int) -> torch.Tensor:
+        out_maps = []
+        with torch.no_grad():
+            for i in range(0, patches.shape[0], self.batch_size):
+                out = _plain(self.local_net_fn(patches[i : i + self.batch_size]))
+                expected = n_landmarks + int(self.background)
+                if out.dim() != patches.dim() or out.shape[1] != expected or out.shape[2:] != patches.shape[2:]:
+                    raise ValueError(
+                        f"ExpansiveExplorationInferer: the local network returned shape {list(out.shape)} for input "
+                        f"{list(patches[i : i + self.batch_size].shape)}; expected {expected} channels "
+                        f"({n_landmarks} landmarks{' + background' if self.background else ''}) on the input grid"
+                    )
+                out = out.float()
+                ch = channel[i : i + self.batch_size].view([-1, 1] + [1] * (out.dim() - 2))
+                mine = out.gather(1, ch.expand([-1, 1] + list(out.shape[2:])))[:, 0]
+                if self.softmax:  # softmax probability of the region's own channel only
+                    mine = torch.exp(mine - torch.logsumexp(out, dim=1))
+                out_maps.append(mine)
+        return torch.cat(out_maps)
+
+    def __call__(self, image: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = _plain(image)
+        dims = image.dim() - 2
+        if image.dim() < 4 or image.shape[0] != 1:
+            raise ValueError(f"ExpansiveExplorationInferer: image must be (1, C, *spatial), got {list(image.shape)}")
+        coarse = _plain(coarse).to(device=image.device, dtype=torch.float32)
+        if coarse.dim() != 2 or coarse.shape[1] != dims:
+            raise ValueError(
+                f"ExpansiveExplorationInferer: coarse must be (N, {dims}) for a {dims}D image, got {list(coarse.shape)}"
+            )
+        n = coarse.shape[0]
+        if n == 0:
+            return coarse.clone(), coarse.new_zeros((0,))
+        if not image.is_floating_point():
+            image = image.float()
+        missing = ~torch.isfinite(coarse).all(1)
+        coarse_filled = torch.where(missing[:, None], torch.zeros_like(coarse), coarse)
+
+        starts = self.region_starts(coarse_filled)  # (N, P, D)
+        p = starts.shape[1]
+        patches, inside = crop_regions(image[0], starts.reshape(n * p, dims), self.region_size)
+        channel = torch.arange(n, device=image.device).repeat_interleave(p)
+        maps = self._run_net(patches, channel, n)  # (N*P, *region)
+        size = list(maps.shape[1:])
+        maps = maps.reshape([n, p] + size)
+        inside = inside.reshape([n, p] + size)
+
+        origin = starts.amin(1)  # (N, D)
+        rel = starts - origin[:, None]
+        canvas = [int(v) + self.region_size for v in rel.amax((0, 1)).tolist()]
+        merged, covered = _paste_mean(maps, rel, inside, canvas)
+
+        # the full-size H_M is 0 wherever no region reached, so its minimum is 0 unless the regions
+        # cover the whole image
+        n_cov = covered.reshape(n, -1).sum(1)
+        full = n_cov >= math.prod(image.shape[2:])
+        cov_min = torch.where(covered, merged, torch.full_like(merged, math.inf)).reshape(n, -1).amin(1)
+        minimum = torch.where(full, cov_min, torch.zeros_like(cov_min))
+        points, found = decode_threshold_mean(merged, self.threshold, valid=covered, minimum=minimum)
+        points = points + origin.to(points.dtype)
+        confidence = merged.reshape(n, -1).amax(1)
+
+        points = torch.where(found[:, None], points, coarse_filled)
+        confidence = torch.where(found, confidence, torch.zeros_like(confidence))
+        points = torch.where(missing[:, None], torch.full_like(points, math.nan), points)
+        confidence = torch.where(missing, torch.zeros_like(confidence), confidence)
+        return points, confidence

@@ -1,0 +1,91 @@
+"""Write a datalist JSON for a public landmark dataset (or your own 3D Slicer markups).
+
+Usage (from the repository root)::
+
+    python scripts/prepare_data.py hamedan --root ../shared/data/hamedan_ceph --out data/hamedan.json
+    python scripts/prepare_data.py isbi2015 --root ISBI2015 --out data/isbi.json --ground_truth senior
+    python scripts/prepare_data.py cldetection2023 --root labels --images images --spacing 0.1 --out data/cl.json
+    python scripts/prepare_data.py markups --root my_landmarks --images my_volumes --out data/ct.json
+
+DATASET is one of isbi2015, hamedan, hand, chest, cldetection2023, aariz, markups. Options that a dataset
+does not take are refused. Prints one summary line (items per section, missing landmarks, warnings); the
+warnings themselves are stored in the datalist (``"warnings"``) and printed with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+
+import fire
+
+from custom_monai.data.datalist import summarize_datalist, write_datalist
+from custom_monai.data.readers import DATASETS, get_builder
+
+
+def prepare(
+    dataset: str,
+    root: str,
+    out: str,
+    annotator: str | None = None,
+    ground_truth: str | None = None,
+    val_fraction: float | None = None,
+    seed: int | None = None,
+    images: str | None = None,
+    spacing: float | None = None,
+    tolerance: float | None = None,
+    verbose: bool = False,
+) -> str:
+    """Build the datalist of ``dataset`` found under ``root`` and write it to ``out`` (atomically).
+
+    Returns the summary line.
+    """
+    builder = get_builder(dataset)
+    params = inspect.signature(builder).parameters
+    given = {
+        "annotator": annotator,
+        "ground_truth": ground_truth,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "images": images,
+        "spacing": spacing,
+        "tolerance": tolerance,
+    }
+    kwargs = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in params:
+            accepted = [f"--{p}" for p in params if p in given]
+            raise ValueError(f"{dataset}: option --{key} does not apply; this dataset accepts {accepted}")
+        kwargs[key] = value
+    if "extract_dir" in params:
+        kwargs["extract_dir"] = str(Path(out).resolve().parent / f"{Path(out).stem}_images")
+    datalist = builder(root, **kwargs)
+    warnings = list(datalist.pop("warnings", []))
+    names = datalist.pop("landmark_names")
+    space = datalist.pop("coordinate_space")
+    sections = {s: datalist.pop(s, []) for s in ("training", "validation", "test")}
+    write_datalist(out, names, coordinate_space=space, **sections, **datalist, warnings=warnings)
+    summary = summarize_datalist({"landmark_names": names, "coordinate_space": space, **sections}, warnings)
+    if verbose:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return f"{dataset}: wrote {out}: {summary}"
+
+
+@functools.wraps(prepare)
+def main(*args, **kwargs) -> None:
+    """Entry point for ``fire``: prints the summary line and exits non-zero with a clear message on error."""
+    try:
+        print(prepare(*args, **kwargs))
+    except (ValueError, OSError) as e:
+        print(f"prepare_data: error: {e}", file=sys.stderr)
+        print(f"datasets: {', '.join(sorted(DATASETS))}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
