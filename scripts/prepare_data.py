@@ -40,6 +40,19 @@ def prepare(
 ) -> str:
     """Build the datalist of ``dataset`` found under ``root`` and write it to ``out`` (atomically).
 
+    Args:
+        dataset: isbi2015, hamedan, hand, chest, cldetection2023, aariz or markups.
+        root: the dataset folder.
+        out: the datalist JSON to write (image paths are stored relative to its folder).
+        annotator: hamedan (mean|farhadifar|mollabashi), aariz (mean|senior|junior); default mean.
+        ground_truth: isbi2015 (mean|senior|junior); default mean.
+        val_fraction: share of the validation split where the dataset has no official one (default 0.2).
+        seed: seed of that split (default 0).
+        images: image/volume folder (cldetection2023 txt labels, markups).
+        spacing: mm per pixel for cldetection2023 txt labels (not stored in them).
+        tolerance: markups: how far (voxels) a point may lie beyond the edge voxel centres (default 0.5).
+        verbose: also print every warning.
+
     Returns the summary line.
     """
     builder = get_builder(dataset)
@@ -83,7 +96,8 @@ def main(*args, **kwargs) -> None:
         print(prepare(*args, **kwargs))
     except (ValueError, OSError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
-        print(f"datasets: {', '.join(sorted(DATASETS))}", file=sys.stderr)
+        if "unknown dataset" in str(e):
+            print(f"datasets: {', '.join(sorted(DATASETS))}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -97,7 +97,9 @@ def test_load_errors_name_file_item_and_landmark(tmp_path):
 
     bad = json.loads(json.dumps(good))
     bad["training"][0]["landmarks"][1] = [1, 2, 3, 4]
-    with pytest.raises(DatalistError, match=r"coords\.json: training\[0\] \(image 'a.png'\): landmark 'nasion': expected null"):
+    with pytest.raises(
+        DatalistError, match=r"coords\.json: training\[0\] \(image 'a.png'\): landmark 'nasion': expected null"
+    ):
         load_datalist(_write_raw(tmp_path / "coords.json", bad))
 
     bad = json.loads(json.dumps(good))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, RandAffined, RandFlipd, RandGaussianNoised
+from monai.transforms import Compose, Invertd, RandAffined, RandFlipd, RandGaussianNoised, Zoom
 
 from custom_monai.transforms import (
     LANDMARK_AFFINE,
@@ -64,6 +64,10 @@ def test_resize_longest_pad_shape_and_mapping():
     grid = to_grid(out["landmarks"], img)
     np.testing.assert_allclose(grid[0], (np.array([10.0, 12.0]) + 0.5) * 32 / 60 - 0.5, atol=1e-4)
     np.testing.assert_allclose(to_original(grid, img.affine, img.meta[LANDMARK_AFFINE]), out["landmarks"], atol=1e-4)
+    # default anti-aliasing (a symmetric blur before shrinking) keeps the interior mapping
+    smooth = ResizeLongestPadd("image", (32, 32))(_ramp((60, 45)))["image"]
+    torch.testing.assert_close(smooth.affine, img.affine)
+    _check_ramp(smooth, margin=4, valid=torch.arange(32)[None, :].expand(32, 32) < 20, atol=2e-3)
 
 
 def test_resize_longest_pad_symmetric_upscale_3d():
@@ -196,3 +200,23 @@ def test_rand_affine_3d_moves_points_with_the_blobs():
         axes = torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in h.shape[1:]], indexing="ij")
         cen = np.array([[(c * a).sum().item() / c.sum().item() for a in axes] for c in h])
         np.testing.assert_allclose(cen, grid, atol=0.1)
+
+
+@pytest.mark.parametrize("keep_size", [True, False])
+def test_monai_zoom_follows_points_in_bilinear_mode(keep_size):
+    """MONAI Zoom/Resize default to mode="area", which is not a resampling at the affine's positions
+    (up to ~0.4 px shifts); with "bilinear" the affine (hence to_grid) is exact."""
+    d = _ramp((61, 45))
+    for factor in (0.7, 1.3):
+        img = Zoom(factor, mode="bilinear", keep_size=keep_size)(d["image"])
+        _check_ramp(img, margin=3)
+
+
+def test_resize_longest_pad_label_key_keeps_values():
+    d = _ramp((60, 45), landmarks=((10.0, 12.0),))
+    labels = torch.zeros(1, 60, 45)
+    labels[0, 10:30, 5:25] = 3.0
+    d["label"] = MetaTensor(labels, meta=dict(d["image"].meta))
+    out = ResizeLongestPadd(["image", "label"], (30, 30), mode=["bilinear", "nearest"])(d)
+    assert set(torch.unique(out["label"]).tolist()) == {0.0, 3.0}
+    torch.testing.assert_close(out["label"].affine, out["image"].affine)

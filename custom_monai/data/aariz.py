@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .datalist import image_id
 from .errors import LandmarkFileError
 from .readers import check_points_inside, image_size_2d, index_by_id, landmark_item, merge_annotators, require_dir
 
@@ -87,7 +86,9 @@ def read_aariz_json(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     except OSError as e:
         raise LandmarkFileError(path, f"cannot read the annotation file ({e.strerror or e})") from e
     except json.JSONDecodeError as e:
-        raise LandmarkFileError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno) from e
+        raise LandmarkFileError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno
+        ) from e
     entries = doc.get("landmarks") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise LandmarkFileError(path, "not an Aariz annotation: expected a JSON object with a 'landmarks' list")
@@ -101,20 +102,27 @@ def read_aariz_json(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
         if idx is None:
             idx = _BY_TITLE.get(_norm(e.get("title", "")))
         if idx is None:
-            warnings.append(f"{path}: landmarks[{j}] has unknown symbol/title {e.get('symbol')!r}/{e.get('title')!r}; ignored")
+            warnings.append(
+                f"{path}: landmarks[{j}] has unknown symbol/title {e.get('symbol')!r}/{e.get('title')!r}; ignored"
+            )
             continue
         counts[idx] += 1
         value = e.get("value")
         try:
             points[idx] = (float(value["x"]), float(value["y"]))
         except (TypeError, KeyError, ValueError):
-            warnings.append(f"{path}: landmark {AARIZ_LANDMARK_NAMES[idx]!r} has no numeric value {{x, y}}: {value!r}; set to missing")
+            warnings.append(
+                f"{path}: landmark {AARIZ_LANDMARK_NAMES[idx]!r} has no numeric value {{x, y}}: {value!r}; "
+                "set to missing"
+            )
             points[idx] = np.nan
     for i, c in enumerate(counts):
         if c == 0:
             warnings.append(f"{path}: landmark {AARIZ_LANDMARK_NAMES[i]!r} missing; set to missing")
         elif c > 1:
-            warnings.append(f"{path}: landmark {AARIZ_LANDMARK_NAMES[i]!r} appears {c} times; ambiguous, set to missing")
+            warnings.append(
+                f"{path}: landmark {AARIZ_LANDMARK_NAMES[i]!r} appears {c} times; ambiguous, set to missing"
+            )
             points[i] = np.nan
     return points, warnings
 
@@ -127,7 +135,9 @@ def read_aariz_spacing(path: str | os.PathLike) -> dict[str, float]:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             if "cephalogram_id" not in fields or "pixel_size" not in fields:
-                raise LandmarkFileError(path, f"expected columns 'cephalogram_id' and 'pixel_size', got {fields}", line=1)
+                raise LandmarkFileError(
+                    path, f"expected columns 'cephalogram_id' and 'pixel_size', got {fields}", line=1
+                )
             out = {}
             for ln, row in enumerate(reader, start=2):
                 row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
@@ -177,7 +187,12 @@ def build_aariz(root: str | os.PathLike, annotator: str = "mean") -> dict:
         if img_dir is None:
             raise LandmarkFileError(split_dir, "no 'Cephalograms' image folder")
         images = index_by_id(
-            (p for p in sorted(img_dir.iterdir()) if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")), img_dir
+            (
+                p
+                for p in sorted(img_dir.iterdir())
+                if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")
+            ),
+            img_dir,
         )
         ann_base = _child(_child(split_dir, ("Annotations",)) or split_dir, ("Cephalometric Landmarks",))
         if ann_base is None:

@@ -15,7 +15,15 @@ import numpy as np
 
 from .datalist import image_id, split_items
 from .errors import LandmarkFileError
-from .readers import check_points_inside, generic_names, image_size_2d, index_by_id, landmark_item, list_files, require_dir
+from .readers import (
+    check_points_inside,
+    generic_names,
+    image_size_2d,
+    index_by_id,
+    landmark_item,
+    list_files,
+    require_dir,
+)
 
 __all__ = ["read_normalised_points", "build_chest"]
 
@@ -82,7 +90,9 @@ def build_chest(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 
             n = len(pts)
             names = generic_names(n)
         elif len(pts) != n:
-            raise LandmarkFileError(root / "labels" / f"{key}.txt", f"has {len(pts)} points, expected {n} like the other label files")
+            raise LandmarkFileError(
+                root / "labels" / f"{key}.txt", f"has {len(pts)} points, expected {n} like the other label files"
+            )
         check_points_inside(pts, size, root / "labels" / f"{key}.txt", names, image=img)
         items.append(landmark_item(img, pts))
     for key, path in sorted(labels.items()):

@@ -33,6 +33,7 @@ from .readers import (
     image_header,
     image_size_2d,
     index_by_id,
+    itk_error_message,
     landmark_item,
     require_dir,
 )
@@ -99,7 +100,9 @@ def read_cldetection_gt_json(
     except OSError as e:
         raise LandmarkFileError(path, f"cannot read the ground-truth file ({e.strerror or e})") from e
     except json.JSONDecodeError as e:
-        raise LandmarkFileError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno) from e
+        raise LandmarkFileError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno
+        ) from e
     entries = doc.get("points") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise LandmarkFileError(path, "expected a JSON object with a non-empty 'points' list")
@@ -113,7 +116,9 @@ def read_cldetection_gt_json(
                 raise ValueError("non-integer image index")
             z = int(z)
         except (KeyError, TypeError, ValueError) as err:
-            raise LandmarkFileError(path, f"points[{i}] must be {{'name': k, 'point': [x, y, image_index]}}, got {e!r} ({err})") from err
+            raise LandmarkFileError(
+                path, f"points[{i}] must be {{'name': k, 'point': [x, y, image_index]}}, got {e!r} ({err})"
+            ) from err
         if not 1 <= k <= n_landmarks:
             raise LandmarkFileError(path, f"points[{i}]: landmark number {k} outside 1..{n_landmarks}")
         pts = out.setdefault(z, (np.full((n_landmarks, 2), np.nan), None))[0]
@@ -174,7 +179,9 @@ def read_cldetection_gt_csv(path: str | os.PathLike) -> list[tuple[str, np.ndarr
         if m:
             coords[(int(m.group(1)), m.group(2).lower())] = j
     if not coords:
-        raise LandmarkFileError(path, "no coordinate columns in the header (expected p1x,p1y,... or landmark_1_x,...)", line=1)
+        raise LandmarkFileError(
+            path, "no coordinate columns in the header (expected p1x,p1y,... or landmark_1_x,...)", line=1
+        )
     n = max(k for k, _ in coords)
     absent = [f"{k}{a}" for k in range(1, n + 1) for a in "xy" if (k, a) not in coords]
     if absent:
@@ -254,7 +261,7 @@ def extract_stack_slices(
         try:
             extractor.Update()
         except Exception as e:
-            raise LandmarkFileError(stack, f"cannot read slice {z} ({str(e).strip().splitlines()[-1][:200]})") from e
+            raise LandmarkFileError(stack, f"cannot read slice {z} ({itk_error_message(e)})") from e
         arr = np.asarray(itk.array_from_image(extractor.GetOutput()))[0]  # (H, W) or (H, W, C)
         if arr.ndim == 3:
             arr = arr[..., 0]
@@ -381,7 +388,9 @@ def build_cldetection2023(
             sp = scale if scale is not None else spacing
             items.append(landmark_item(img, pts, None if sp is None else (sp, sp)))
         if not items:
-            raise LandmarkFileError(gt, "no image of the ground-truth file was found (pass --images DIR or keep the stack next to it)")
+            raise LandmarkFileError(
+                gt, "no image of the ground-truth file was found (pass --images DIR or keep the stack next to it)"
+            )
     else:
         raise LandmarkFileError(root, "empty CL-Detection folder: no NNN_landmark.txt files and no train-gt.json/csv")
     items.sort(key=lambda it: image_id(it["image"]))

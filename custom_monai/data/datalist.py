@@ -42,6 +42,7 @@ __all__ = [
 SECTIONS = ("training", "validation", "test")
 COORDINATE_SPACES = ("pixel", "world")
 _MULTI_SUFFIXES = (".nii.gz", ".mrk.json", ".tar.gz")
+_DECIMALS = 6  # written coordinates are rounded to 1e-6 px / mm: removes float noise such as 115.78125000000001
 
 
 def image_id(path: str | os.PathLike) -> str:
@@ -97,11 +98,14 @@ def _parse_landmarks(
     if isinstance(landmarks, np.ndarray):
         landmarks = [None if not np.all(np.isfinite(r)) else r.tolist() for r in np.asarray(landmarks, np.float64)]
     if not isinstance(landmarks, (list, tuple)):
-        raise DatalistError(path, f"'landmarks' must be a list of points, got {type(landmarks).__name__}", section, index, image)
+        raise DatalistError(
+            path, f"'landmarks' must be a list of points, got {type(landmarks).__name__}", section, index, image
+        )
     if len(landmarks) != len(names):
         raise DatalistError(
             path,
-            f"has {len(landmarks)} landmarks, expected {len(names)} (one per entry of 'landmark_names'; use null for a missing one)",
+            f"has {len(landmarks)} landmarks, expected {len(names)} "
+            "(one per entry of 'landmark_names'; use null for a missing one)",
             section,
             index,
             image,
@@ -121,8 +125,12 @@ def _parse_landmarks(
             continue
         if not all(_is_number(v) and math.isfinite(v) for v in row):
             raise DatalistError(
-                path, f"expected null or {len(row)} finite numbers, got {row!r} (a partly missing point is not allowed)",
-                section, index, image, name,
+                path,
+                f"expected null or {len(row)} finite numbers, got {row!r} (a partly missing point is not allowed)",
+                section,
+                index,
+                image,
+                name,
             )
         dims.add(len(row))
         rows.append([float(v) for v in row])
@@ -132,7 +140,9 @@ def _parse_landmarks(
     return [[math.nan] * (d or 1) if r is None else r for r in rows], d
 
 
-def validate_datalist(data: Any, path: Any = None, base_dir: str | os.PathLike | None = None, check_images: bool = False) -> dict:
+def validate_datalist(
+    data: Any, path: Any = None, base_dir: str | os.PathLike | None = None, check_images: bool = False
+) -> dict:
     """Validate a datalist dictionary and return a normalised copy.
 
     Normalised means: every section present (possibly empty), ``image`` absolute (resolved against
@@ -162,7 +172,9 @@ def validate_datalist(data: Any, path: Any = None, base_dir: str | os.PathLike |
         parsed = []
         for i, item in enumerate(items):
             if not isinstance(item, Mapping):
-                raise DatalistError(path, f"an item must be an object with 'image' and 'landmarks', got {item!r}", section, i)
+                raise DatalistError(
+                    path, f"an item must be an object with 'image' and 'landmarks', got {item!r}", section, i
+                )
             image = item.get("image")
             if not isinstance(image, str) or not image:
                 raise DatalistError(path, f"'image' must be a non-empty path string, got {image!r}", section, i)
@@ -171,10 +183,14 @@ def validate_datalist(data: Any, path: Any = None, base_dir: str | os.PathLike |
             rows, d = _parse_landmarks(item["landmarks"], names, path, section, i, image)
             if d:
                 if dataset_dim and d != dataset_dim:
-                    raise DatalistError(path, f"has {d}D points but earlier items have {dataset_dim}D points", section, i, image)
+                    raise DatalistError(
+                        path, f"has {d}D points but earlier items have {dataset_dim}D points", section, i, image
+                    )
                 dataset_dim = d
                 if space == "world" and d != 3:
-                    raise DatalistError(path, "a 'world' datalist needs [x, y, z] points (ITK/LPS mm)", section, i, image)
+                    raise DatalistError(
+                        path, "a 'world' datalist needs [x, y, z] points (ITK/LPS mm)", section, i, image
+                    )
             new = dict(item)
             img_path = Path(os.path.expanduser(image))
             new["image"] = os.path.abspath(img_path if img_path.is_absolute() else base / img_path)
@@ -190,9 +206,13 @@ def validate_datalist(data: Any, path: Any = None, base_dir: str | os.PathLike |
                     or len(spacing) not in (2, 3)
                     or not all(_is_number(s) and math.isfinite(s) and s > 0 for s in spacing)
                 ):
-                    raise DatalistError(path, f"'spacing' must be 2 or 3 positive numbers (mm), got {spacing!r}", section, i, image)
+                    raise DatalistError(
+                        path, f"'spacing' must be 2 or 3 positive numbers (mm), got {spacing!r}", section, i, image
+                    )
                 if d and len(spacing) != d:
-                    raise DatalistError(path, f"'spacing' has {len(spacing)} values but the points have {d}", section, i, image)
+                    raise DatalistError(
+                        path, f"'spacing' has {len(spacing)} values but the points have {d}", section, i, image
+                    )
                 new["spacing"] = [float(s) for s in spacing]
             parsed.append(new)
         out[section] = parsed
@@ -200,7 +220,9 @@ def validate_datalist(data: Any, path: Any = None, base_dir: str | os.PathLike |
     if dataset_dim:
         for section in SECTIONS:
             for item in out[section]:
-                item["landmarks"] = [r if len(r) == dataset_dim else [math.nan] * dataset_dim for r in item["landmarks"]]
+                item["landmarks"] = [
+                    r if len(r) == dataset_dim else [math.nan] * dataset_dim for r in item["landmarks"]
+                ]
     return out
 
 
@@ -222,7 +244,9 @@ def load_datalist(path: str | os.PathLike, check_images: bool = False) -> dict:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatalistError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)") from e
+        raise DatalistError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)"
+        ) from e
     return validate_datalist(data, path=path, base_dir=path.resolve().parent, check_images=check_images)
 
 
@@ -233,7 +257,7 @@ def _landmarks_for_json(landmarks: Any) -> list:
         width = max((len(r) for r in arr if r is not None), default=2)
         arr = np.array([[math.nan] * width if r is None else r for r in arr], dtype=np.float64)
     arr = np.asarray(arr, dtype=np.float64)
-    return [None if not np.all(np.isfinite(r)) else [float(v) for v in r] for r in arr]
+    return [None if not np.all(np.isfinite(r)) else [round(float(v), _DECIMALS) for v in r] for r in arr]
 
 
 def _item_for_json(item: Mapping, folder: Path) -> dict:
@@ -266,8 +290,9 @@ def write_datalist(
 
     Items need ``image`` (absolute, or relative to the current directory) and ``landmarks`` ((N, D) array or
     rows, NaN/None = missing); ``spacing`` and any other keys are kept. Image paths are stored relative to the
-    datalist's folder, NaN as ``null``. ``extra`` keys (e.g. ``name``, ``source``, ``warnings``) are written at
-    the top level, before the sections. One item per line keeps the file readable and diff-friendly.
+    datalist's folder, NaN as ``null``, coordinates rounded to 1e-6. ``extra`` keys (e.g. ``name``,
+    ``source``, ``warnings``) are written at the top level, before the sections. One item per line keeps the
+    file readable and diff-friendly. A datalist that :func:`load_datalist` would refuse is never written.
     """
     path = Path(path)
     folder = path.resolve().parent
@@ -345,9 +370,11 @@ def datalist_section(datalist: Mapping | str | os.PathLike, section: str) -> lis
             arr = np.array(
                 [[np.nan] * d if r is None else [np.nan if v is None else v for v in r] for r in raw], dtype=np.float32
             ).reshape(len(raw), -1)
+        if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] not in (2, 3):
+            raise DatalistError(
+                None, f"landmarks of shape {arr.shape}, expected ({n}, 2 or 3)", section, i, item.get("image")
+            )
         arr[~np.all(np.isfinite(arr), axis=1)] = np.nan
-        if arr.ndim != 2 or arr.shape[0] != n:
-            raise DatalistError(None, f"landmarks of shape {arr.shape}, expected ({n}, D)", section, i, item.get("image"))
         spacing = item.get("spacing")
         new = dict(item)
         new["image"] = os.fspath(item["image"])

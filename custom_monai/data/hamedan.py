@@ -16,7 +16,15 @@ import numpy as np
 
 from .datalist import image_id, split_items
 from .errors import LandmarkFileError
-from .readers import ISBI_LANDMARK_NAMES, check_points_inside, image_size_2d, landmark_item, list_files, merge_annotators, require_dir
+from .readers import (
+    ISBI_LANDMARK_NAMES,
+    check_points_inside,
+    image_size_2d,
+    landmark_item,
+    list_files,
+    merge_annotators,
+    require_dir,
+)
 
 __all__ = ["HAMEDAN_SPACING", "HAMEDAN_ANNOTATORS", "read_labelme_points", "read_hamedan_annotations", "build_hamedan"]
 
@@ -44,7 +52,9 @@ def read_labelme_points(
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise LandmarkFileError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno) from e
+        raise LandmarkFileError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno
+        ) from e
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
         raise LandmarkFileError(path, "not a Labelme file: expected a JSON object with a 'shapes' list")
     labels = [f"{label_prefix}{i + 1}" for i in range(n_landmarks)]
@@ -55,7 +65,9 @@ def read_labelme_points(
     for k, shape in enumerate(doc["shapes"]):
         label = str(shape.get("label", "")).strip() if isinstance(shape, dict) else ""
         if label not in wanted:
-            warnings.append(f"{path}: shape {k} has unexpected label {label!r} (expected {labels[0]}..{labels[-1]}); ignored")
+            warnings.append(
+                f"{path}: shape {k} has unexpected label {label!r} (expected {labels[0]}..{labels[-1]}); ignored"
+            )
             continue
         counts[label] += 1
         pts = shape.get("points")
@@ -66,7 +78,10 @@ def read_labelme_points(
             or not isinstance(pts[0], (list, tuple))
             or len(pts[0]) != 2
         ):
-            warnings.append(f"{path}: label {label!r} is not a single [x, y] point (shape_type {shape.get('shape_type')!r}); set to missing")
+            warnings.append(
+                f"{path}: label {label!r} is not a single [x, y] point "
+                f"(shape_type {shape.get('shape_type')!r}); set to missing"
+            )
             found.setdefault(label, []).append(None)
             continue
         try:
@@ -88,7 +103,9 @@ def read_labelme_points(
 def read_hamedan_annotations(root: str | os.PathLike, annotator: str) -> dict[str, tuple[np.ndarray, list[str]]]:
     """``{id: (points (19, 2), warnings)}`` for every ``annotations/<annotator>/NNN.json`` below ``root``."""
     folder = require_dir(Path(root) / "annotations" / annotator, f"Hamedan {annotator!r} annotation")
-    return {image_id(f): read_labelme_points(f) for f in list_files(folder, (".json",), f"Hamedan {annotator!r} annotation")}
+    return {
+        image_id(f): read_labelme_points(f) for f in list_files(folder, (".json",), f"Hamedan {annotator!r} annotation")
+    }
 
 
 def build_hamedan(root: str | os.PathLike, annotator: str = "mean", val_fraction: float = 0.2, seed: int = 0) -> dict:

@@ -13,7 +13,15 @@ import numpy as np
 
 from .datalist import image_id, split_items
 from .errors import LandmarkFileError
-from .readers import check_points_inside, generic_names, image_header, image_size_2d, landmark_item, list_files, require_dir
+from .readers import (
+    check_points_inside,
+    generic_names,
+    image_header,
+    image_size_2d,
+    landmark_item,
+    list_files,
+    require_dir,
+)
 
 __all__ = ["HAND_N_LANDMARKS", "read_points_csv", "build_hand"]
 
@@ -40,7 +48,9 @@ def read_points_csv(path: str | os.PathLike, n_landmarks: int, scale: float = 1.
         while len(values) > 2 * n_landmarks and values[-1] == "":
             values.pop()
         if len(values) != 2 * n_landmarks:
-            raise LandmarkFileError(path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln)
+            raise LandmarkFileError(
+                path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln
+            )
         try:
             arr = np.asarray([np.nan if v.lower() in ("", "nan") else float(v) for v in values], dtype=np.float64)
         except ValueError as e:
@@ -55,7 +65,9 @@ def read_points_csv(path: str | os.PathLike, n_landmarks: int, scale: float = 1.
     return out
 
 
-def build_hand(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0, csv: str | os.PathLike | None = None) -> dict:
+def build_hand(
+    root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0, csv: str | os.PathLike | None = None
+) -> dict:
     """Datalist of the hand X-rays present under ``root/images`` (``training``/``validation`` split).
 
     Args:
@@ -81,7 +93,9 @@ def build_hand(root: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0
         spacing = None
         if img.suffix.lower() != ".png":
             spacing = image_header(img)[1][:2]
-        check_points_inside(table[key], size, Path(csv) if csv is not None else root / "setup" / "all.csv", names, image=img)
+        check_points_inside(
+            table[key], size, Path(csv) if csv is not None else root / "setup" / "all.csv", names, image=img
+        )
         items.append(landmark_item(img, table[key], spacing))
     if not items:
         raise LandmarkFileError(root / "images", "no image has a row in the annotation CSV")

@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LandmarkFileError
-from .readers import ISBI_LANDMARK_NAMES, check_points_inside, image_size_2d, landmark_item, merge_annotators, require_dir
+from .readers import (
+    ISBI_LANDMARK_NAMES,
+    check_points_inside,
+    image_size_2d,
+    landmark_item,
+    merge_annotators,
+    require_dir,
+)
 
 __all__ = [
     "ISBI_SPACING",
@@ -55,7 +62,9 @@ def read_isbi_txt(path: str | os.PathLike, n_landmarks: int = 19) -> np.ndarray:
     points = []
     for i in range(n_landmarks):
         if i >= len(lines):
-            raise LandmarkFileError(path, f"found {len(points)} 'x,y' point lines, expected {n_landmarks} (file ends)", line=i + 1)
+            raise LandmarkFileError(
+                path, f"found {len(points)} 'x,y' point lines, expected {n_landmarks} (file ends)", line=i + 1
+            )
         m = _XY.match(lines[i])
         if not m:
             raise LandmarkFileError(
@@ -67,7 +76,9 @@ def read_isbi_txt(path: str | os.PathLike, n_landmarks: int = 19) -> np.ndarray:
     return np.asarray(points, dtype=np.float64)
 
 
-def read_isbi_csv(path: str | os.PathLike, spacing: float = ISBI_SPACING, n_landmarks: int = 19) -> dict[str, np.ndarray]:
+def read_isbi_csv(
+    path: str | os.PathLike, spacing: float = ISBI_SPACING, n_landmarks: int = 19
+) -> dict[str, np.ndarray]:
     """Read a Payer-style table (``setup/all_senior.csv``: rows ``id,x1,y1,...,x19,y19`` in mm) -> pixels.
 
     Returns ``{id: (n_landmarks, 2) pixels}`` with ``pixel = mm / spacing``, rounded to 1e-4 px to remove the
@@ -87,7 +98,9 @@ def read_isbi_csv(path: str | os.PathLike, spacing: float = ISBI_SPACING, n_land
         while values and values[-1] == "":
             values.pop()
         if len(values) != 2 * n_landmarks:
-            raise LandmarkFileError(path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln)
+            raise LandmarkFileError(
+                path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln
+            )
         try:
             arr = np.asarray([float(v) if v.lower() not in ("", "nan") else np.nan for v in values], dtype=np.float64)
         except ValueError as e:

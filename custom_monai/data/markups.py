@@ -29,7 +29,7 @@ import numpy as np
 
 from .datalist import atomic_write_text, image_id, split_items
 from .errors import LandmarkFileError
-from .readers import VOLUME_EXTENSIONS, image_header, require_dir
+from .readers import VOLUME_EXTENSIONS, image_header, itk_error_message, require_dir
 
 __all__ = [
     "MARKUP_EXTENSIONS",
@@ -46,7 +46,10 @@ __all__ = [
 
 MARKUP_EXTENSIONS = (".mrk.json", ".fcsv", ".csv")
 _FLIP = np.array([-1.0, -1.0, 1.0])
-_SCHEMA = "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#"
+_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
 _FCSV_COLUMNS = ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label", "desc", "associatedNodeID"]
 
 
@@ -56,7 +59,9 @@ def _system(value: object, path: Path, default: str) -> str:
     v = str(value).strip().upper()
     mapped = {"LPS": "LPS", "RAS": "RAS", "0": "RAS", "1": "LPS"}.get(v)
     if mapped is None:
-        raise LandmarkFileError(path, f"unsupported coordinate system {value!r} (expected LPS, RAS, 0 = RAS or 1 = LPS)")
+        raise LandmarkFileError(
+            path, f"unsupported coordinate system {str(value).strip()!r} (expected LPS, RAS, 0 = RAS or 1 = LPS)"
+        )
     return mapped
 
 
@@ -86,7 +91,9 @@ def _read_mrk_json(path: Path) -> tuple[list[str], np.ndarray]:
     try:
         doc = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise LandmarkFileError(path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno) from e
+        raise LandmarkFileError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} (truncated file?)", line=e.lineno
+        ) from e
     markups = doc.get("markups") if isinstance(doc, dict) else None
     if not isinstance(markups, list) or not markups:
         raise LandmarkFileError(path, "not a 3D Slicer markups file: expected a non-empty 'markups' list")
@@ -151,7 +158,9 @@ def _read_fcsv(path: Path) -> tuple[list[str], np.ndarray]:
     for ln, line in body:
         cells = next(csv.reader([line]))
         if len(cells) <= max(ix, iy, iz):
-            raise LandmarkFileError(path, f"expected at least {max(ix, iy, iz) + 1} comma-separated fields, got {len(cells)}", line=ln)
+            raise LandmarkFileError(
+                path, f"expected at least {max(ix, iy, iz) + 1} comma-separated fields, got {len(cells)}", line=ln
+            )
         label = cells[il].strip() if il is not None and il < len(cells) and cells[il].strip() else f"{len(names) + 1}"
         vals = [cells[i].strip() for i in (ix, iy, iz)]
         if all(v.lower() in ("", "nan") for v in vals):
@@ -180,7 +189,9 @@ def _read_csv(path: Path, system: str, zero_is_missing: bool) -> tuple[list[str]
         except ValueError as e:
             if ln == 1 and not names:  # a header row
                 continue
-            raise LandmarkFileError(path, f"x, y, z must be numbers, got {cells[1:]}", line=ln, landmark=cells[0]) from e
+            raise LandmarkFileError(
+                path, f"x, y, z must be numbers, got {cells[1:]}", line=ln, landmark=cells[0]
+            ) from e
         p = np.asarray(vals, dtype=np.float64)
         if not np.all(np.isfinite(p)) or (zero_is_missing and np.all(p == 0.0)):
             p = np.full(3, np.nan)
@@ -238,12 +249,18 @@ def write_mrk_json(
             cp["positionStatus"] = "defined"
         else:
             cp["positionStatus"] = "missing"
-        cp.update({
-            "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0] if system == "LPS" else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            "selected": True,
-            "locked": False,
-            "visibility": True,
-        })
+        cp.update(
+            {
+                "orientation": (
+                    [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0]
+                    if system == "LPS"
+                    else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+                ),
+                "selected": True,
+                "locked": False,
+                "visibility": True,
+            }
+        )
         cps.append(cp)
     doc = {
         "@schema": _SCHEMA,
@@ -264,7 +281,9 @@ def write_mrk_json(
     return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
-def write_fcsv(path: str | os.PathLike, names: Sequence[str], points_lps: np.ndarray, coordinate_system: str = "LPS") -> Path:
+def write_fcsv(
+    path: str | os.PathLike, names: Sequence[str], points_lps: np.ndarray, coordinate_system: str = "LPS"
+) -> Path:
     """Write a Slicer 4.11-style ``.fcsv`` atomically (``# CoordinateSystem = LPS|RAS``); NaN rows as ``nan``.
 
     ``.fcsv`` has no "missing" status: prefer :func:`write_mrk_json` when points can be missing.
@@ -316,7 +335,9 @@ def read_verse_centroids(
     try:
         doc = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise LandmarkFileError(path, f"not valid JSON: {e.msg} at line {e.lineno} (truncated file?)", line=e.lineno) from e
+        raise LandmarkFileError(
+            path, f"not valid JSON: {e.msg} at line {e.lineno} (truncated file?)", line=e.lineno
+        ) from e
     if not isinstance(doc, list) or not doc or not isinstance(doc[0], dict) or "direction" not in doc[0]:
         raise LandmarkFileError(path, "expected a list whose first entry is {'direction': [three axis codes]}")
     direction = tuple(str(c).upper() for c in doc[0]["direction"])
@@ -376,7 +397,7 @@ def _dicom_header(folder: Path):
     try:
         reader.UpdateOutputInformation()
     except Exception as e:
-        raise LandmarkFileError(folder, f"unreadable DICOM series ({str(e).strip().splitlines()[-1][:200]})") from e
+        raise LandmarkFileError(folder, f"unreadable DICOM series ({itk_error_message(e)})") from e
     out = reader.GetOutput()
     size = tuple(int(s) for s in out.GetLargestPossibleRegion().GetSize())
     spacing = tuple(float(s) for s in out.GetSpacing())
@@ -433,7 +454,8 @@ def build_markups(
     folder = Path(images) if images is not None else (root / "images" if (root / "images").is_dir() else root)
     require_dir(folder, "volume")
     files = sorted(
-        p for p in root.iterdir()
+        p
+        for p in root.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(MARKUP_EXTENSIONS)
     )
     if not files:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "generic_names",
     "image_size_2d",
     "image_header",
+    "itk_error_message",
     "check_points_inside",
     "list_files",
     "index_by_id",
@@ -76,6 +78,15 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def itk_error_message(error: BaseException) -> str:
+    """The useful line of an ITK exception (its text starts with a C++ source location)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in lines:
+        if "ITK ERROR" in ln:
+            return re.sub(r"^ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", ln)[:200]
+    return (lines[-1] if lines else type(error).__name__)[:200]
+
+
 def image_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float, ...], np.ndarray, np.ndarray]:
     """Read only the header of an ITK-readable image (MHA/MHD, NRRD, NIfTI, DICOM file).
 
@@ -94,7 +105,7 @@ def image_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float,
         io.SetFileName(str(path))
         io.ReadImageInformation()
     except Exception as e:  # itk raises RuntimeError with a long C++ trace
-        raise LandmarkFileError(path, f"corrupt or unreadable image header ({str(e).strip().splitlines()[-1][:200]})") from e
+        raise LandmarkFileError(path, f"corrupt or unreadable image header ({itk_error_message(e)})") from e
     n = io.GetNumberOfDimensions()
     size = tuple(int(io.GetDimensions(i)) for i in range(n))
     spacing = tuple(float(io.GetSpacing(i)) for i in range(n))
@@ -105,12 +116,26 @@ def image_header(path: str | os.PathLike) -> tuple[tuple[int, ...], tuple[float,
     return size, spacing, origin, direction
 
 
+def _check_raw_length(im, path: Path) -> None:
+    """Uncompressed formats (BMP) have no checksum: compare the file length with what the header promises."""
+    if im.format != "BMP" or len(im.tile) != 1 or im.tile[0][0] != "raw":
+        return
+    _, extents, offset, args = im.tile[0]
+    stride = args[1] if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], int) else 0
+    if stride > 0:
+        expected = offset + stride * (extents[3] - extents[1])
+        actual = os.path.getsize(path)
+        if actual < expected:
+            raise LandmarkFileError(path, f"corrupt image: truncated, {actual} bytes but the header needs {expected}")
+
+
 def image_size_2d(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of a 2D image, reading as little as possible; a clear error if it is unreadable.
 
-    PNG/BMP/JPEG/TIFF go through PIL (``open`` reads the header, ``verify`` walks the file and checks the PNG
-    chunk checksums without decoding); MHA/NRRD/NIfTI through an ITK header read (a trailing size-1 axis,
-    as in the hand atlas MHA files, is ignored).
+    PNG/BMP/JPEG/TIFF go through PIL: ``open`` reads the header, ``verify`` walks the file and checks the PNG
+    chunk checksums without decoding, and an uncompressed BMP must be as long as its header says.
+    MHA/NRRD/NIfTI go through an ITK header read (a trailing size-1 axis, as in the hand atlas MHA files, is
+    ignored).
     """
     path = Path(path)
     if not path.is_file():
@@ -126,9 +151,14 @@ def image_size_2d(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             size = im.size
+            _check_raw_length(im, path)
             im.verify()
+    except LandmarkFileError:
+        raise
     except UnidentifiedImageError as e:
-        raise LandmarkFileError(path, "not a readable image (PIL cannot identify the file: corrupt or wrong extension)") from e
+        raise LandmarkFileError(
+            path, "not a readable image (PIL cannot identify the file: corrupt or wrong extension)"
+        ) from e
     except Exception as e:  # truncated data, bad checksum, ...
         raise LandmarkFileError(path, f"corrupt image ({type(e).__name__}: {e})") from e
     if size[0] <= 0 or size[1] <= 0:
@@ -157,7 +187,8 @@ def check_points_inside(
         if np.any(row < -tolerance) or np.any(row > hi):
             raise LandmarkFileError(
                 path,
-                f"point {np.round(row, 3).tolist()} is outside the image{' ' + os.fspath(image) if image else ''} of size {list(size)} "
+                f"point {np.round(row, 3).tolist()} is outside the image{' ' + os.fspath(image) if image else ''} "
+                f"of size {list(size)} "
                 f"(expected 0 <= coordinate <= size - 1, x = column, y = row)",
                 landmark=names[i] if i < len(names) else str(i + 1),
             )
@@ -175,7 +206,9 @@ def list_files(folder: str | os.PathLike, extensions: Iterable[str], what: str) 
     """Sorted files of ``folder`` with one of ``extensions`` (case-insensitive); error if there is none."""
     folder = require_dir(folder, what)
     exts = tuple(e.lower() for e in extensions)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts) and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(exts) and not p.name.startswith(".")
+    )
     if not files:
         raise LandmarkFileError(folder, f"empty {what} folder: no {'/'.join(exts)} files")
     return files

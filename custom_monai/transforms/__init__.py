@@ -68,3 +68,10 @@ from .spatial import (
     ResizeLongestPadDict,
     landmark_augmentations,
 )
+
+# modules written alongside (their own __all__ decides what is public)
+from .cell_targets import *  # noqa: F401,F403
+from .masks import *  # noqa: F401,F403
+from .presets import *  # noqa: F401,F403
+from .rescale import *  # noqa: F401,F403
+from .sampling import *  # noqa: F401,F403

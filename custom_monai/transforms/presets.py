@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import LoadImaged, MapTransform, ScaleIntensityRangePercentilesd, Transform
+from monai.transforms import LoadImaged, MapTransform, ScaleIntensityRangePercentilesd, SqueezeDim, Transform
 
 from .intensity import EnsureGreyd
 from .landmarks import PrepareLandmarksd
 from .spatial import CropBoxd
 
-__all__ = ["SpacingArrayd", "landmark_loading"]
+__all__ = ["SpacingArrayd", "SqueezeSpatiald", "landmark_loading"]
 
 
 class SpacingArrayd(MapTransform):
@@ -48,6 +48,31 @@ class SpacingArrayd(MapTransform):
         return d
 
 
+class SqueezeSpatiald(MapTransform):
+    """Drop trailing singleton spatial axes beyond ``spatial_dims`` (a 2D MHA often loads as (1, W, H, 1)).
+
+    Uses MONAI ``SqueezeDim``, which also drops the axis from the affine, so points keep their frame.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_dims: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
+                img = SqueezeDim(dim=-1)(img)
+            if img.ndim - 1 != self.spatial_dims:
+                raise ValueError(
+                    f"{getattr(img, 'meta', {}).get('filename_or_obj', key)}: expected a {self.spatial_dims}D image, "
+                    f"got spatial shape {list(img.shape[1:])}"
+                )
+            d[key] = img
+        return d
+
+
 def landmark_loading(
     coordinate_space: str = "pixel",
     crop_box: Sequence[Sequence[int]] | None = None,
@@ -56,6 +81,7 @@ def landmark_loading(
     landmarks_key: str = "landmarks",
     grey: bool = True,
     normalize: bool = True,
+    spatial_dims: int = 2,
 ) -> list[Transform]:
     """Load an image and its landmarks into the project's frame conventions.
 
@@ -71,8 +97,12 @@ def landmark_loading(
         labelled: ``False`` for inference on images without landmarks.
         grey: convert to one channel.
         normalize: scale intensities to [0, 1].
+        spatial_dims: 2 or 3; extra trailing singleton axes are dropped.
     """
-    ops: list[Transform] = [LoadImaged(image_key, image_only=True, ensure_channel_first=True)]
+    ops: list[Transform] = [
+        LoadImaged(image_key, image_only=True, ensure_channel_first=True),
+        SqueezeSpatiald(image_key, spatial_dims),
+    ]
     if grey:
         ops.append(EnsureGreyd(image_key))
     ops.append(

@@ -77,7 +77,7 @@ class ResizeLongestPad(InvertibleTransform, Transform):
     Args:
         spatial_size: target size (one value per spatial axis, or one int for all).
         mode: interpolation (``"bilinear"`` default; avoid ``"area"``, see the module note).
-        anti_aliasing: Gaussian pre-smoothing when shrinking (MONAI ``Resize`` option).
+        anti_aliasing: Gaussian pre-smoothing when shrinking (MONAI ``Resize`` option; never for ``"nearest"``).
         pad_method: ``"end"`` (image at the origin corner, padding after it) or ``"symmetric"`` (centred).
         pad_mode, pad_kwargs: padding mode and its options (e.g. ``value=0``) for ``SpatialPad``.
     """
@@ -108,7 +108,8 @@ class ResizeLongestPad(InvertibleTransform, Transform):
         shape = _spatial_shape(img)
         new = self.fitted_size(shape)
         shrink = any(n < s for n, s in zip(new, shape))
-        resizer = Resize(new, mode=self.mode, anti_aliasing=self.anti_aliasing and shrink)
+        smooth = self.anti_aliasing and shrink and not str(self.mode).startswith("nearest")  # keep label values
+        resizer = Resize(new, mode=self.mode, anti_aliasing=smooth)
         with resizer.trace_transform(False):
             out = resizer(img)  # updates the affine; the op is recorded below under this transform
         self.push_transform(out, orig_size=shape, extra_info={"resized_size": new})
