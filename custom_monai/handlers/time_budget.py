@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 
 __all__ = ["TimeBudgetHandler"]
@@ -15,7 +17,8 @@ class TimeBudgetHandler:
 
     The check runs after every iteration, so the overshoot is one iteration plus the end-of-epoch
     handlers (validation, checkpoint) that ``terminate`` still lets run. ``max_minutes`` <= 0 or
-    ``None`` disables the budget.
+    ``None`` disables the budget. Under ``torchrun`` the decision is all-reduced so that every
+    process stops at the same iteration.
 
     Args:
         max_minutes: the budget in minutes.
@@ -39,8 +42,14 @@ class TimeBudgetHandler:
     def elapsed(self) -> float:
         return 0.0 if self._start is None else time.monotonic() - self._start
 
+    def _over(self) -> bool:
+        over = self.max_seconds is not None and self.elapsed() >= self.max_seconds
+        if idist.get_world_size() > 1:  # every rank stops at the same iteration, or DDP would hang
+            over = bool(idist.all_reduce(torch.tensor([float(over)]), op="MAX").item())
+        return over
+
     def _check(self, engine: Engine) -> None:
-        if self.max_seconds is not None and self.elapsed() >= self.max_seconds and not engine.should_terminate:
+        if self._over() and not engine.should_terminate:
             self.logger.info(
                 f"time budget of {self.max_seconds / 60:.1f} min reached at epoch {engine.state.epoch}, "
                 f"iteration {engine.state.iteration}: stopping"
