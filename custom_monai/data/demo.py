@@ -172,28 +172,16 @@ def _rot3(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _capsule(u: np.ndarray, v: np.ndarray, p0: np.ndarray, p1: np.ndarray, half_width: float) -> np.ndarray:
-    """Pixels within ``half_width`` of the segment p0-p1 (a rounded bar)."""
-    d = p1 - p0
-    t = np.clip(((u - p0[0]) * d[0] + (v - p0[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
-    return np.hypot(u - p0[0] - t * d[0], v - p0[1] - t * d[1]) < half_width
-
-
-def _polygon(u: np.ndarray, v: np.ndarray, vertices: Sequence) -> np.ndarray:
-    """Pixels inside a closed polygon (vertices in template pixels)."""
-    from matplotlib.path import Path as MplPath
-
-    pts = np.stack([u.ravel(), v.ravel()], axis=1)
-    return MplPath(np.asarray(vertices, dtype=float)).contains_points(pts).reshape(u.shape)
-
-
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], cells: int) -> np.ndarray:
-    """Low-frequency random field in about [-1, 1]: a coarse random grid upsampled by cubic splines."""
-    from scipy.ndimage import zoom
-
-    coarse = rng.uniform(-1.0, 1.0, size=[cells] * len(shape))
-    out = zoom(coarse, [s / cells for s in shape], order=3, mode="nearest", grid_mode=True)
-    return out[tuple(slice(0, s) for s in shape)]
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], n_terms: int = 4) -> np.ndarray:
+    """Low-frequency random field in about [-1, 1]: a sum of separable cosines (<= 1.5 cycles per axis)."""
+    out = np.zeros(shape, dtype=np.float32)
+    for _ in range(n_terms):
+        term = np.float32(rng.uniform(-1.0, 1.0) / np.sqrt(n_terms))
+        for d, n in enumerate(shape):
+            axis = np.cos(2 * np.pi * rng.uniform(0.2, 1.5) * np.arange(n) / n + rng.uniform(0, 2 * np.pi))
+            term = term * axis.astype(np.float32).reshape([-1 if i == d else 1 for i in range(len(shape))])
+        out += term
+    return out
 
 
 def _check_counts(**counts: int) -> None:
@@ -205,20 +193,80 @@ def _check_counts(**counts: int) -> None:
 # ----------------------------------------------------------------------------------------------- 2D
 
 
-def _ceph_anatomy(p: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Skull-like intensities (before contrast) on template coordinates ``u, v`` for landmarks ``p``.
+def _capsule(p0: Sequence[float], p1: Sequence[float], half_width: float) -> Callable:
+    """Mask of the points within ``half_width`` of the segment p0-p1 (a rounded bar)."""
+    p0, d = np.asarray(p0, dtype=float), np.asarray(p1, dtype=float) - np.asarray(p0, dtype=float)
+    dd = max(float(d @ d), 1e-12)
+
+    def fn(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        t = np.clip(((u - p0[0]) * d[0] + (v - p0[1]) * d[1]) / dd, 0.0, 1.0)
+        return np.hypot(u - p0[0] - t * d[0], v - p0[1] - t * d[1]) < half_width
+
+    return fn
+
+
+def _polygon(vertices: Sequence) -> Callable:
+    """Mask of the points inside a closed polygon."""
+    from matplotlib.path import Path as MplPath
+
+    path = MplPath(np.asarray(vertices, dtype=float))
+
+    def fn(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return path.contains_points(np.stack([u.ravel(), v.ravel()], axis=1)).reshape(u.shape)
+
+    return fn
+
+
+class _Canvas2D:
+    """A float image (H, W) drawn in template coordinates ``q`` under the pose ``x = origin + scale * R q``.
+
+    Every primitive is evaluated only in the image window that covers it, so drawing costs in
+    proportion to the drawn area.
+    """
+
+    def __init__(self, size: tuple[int, int], origin: np.ndarray, rot: np.ndarray, scale: float) -> None:
+        self.w, self.h = size
+        self.origin, self.rot, self.scale = np.asarray(origin, dtype=float), np.asarray(rot, dtype=float), float(scale)
+        self.img = np.zeros((self.h, self.w), dtype=np.float32)
+
+    def to_image(self, q: np.ndarray) -> np.ndarray:
+        return self.origin + self.scale * np.asarray(q, dtype=float) @ self.rot.T
+
+    def draw(self, value: float, mask: Callable, extent: Sequence, pad: float = 0.0, supersample: bool = False) -> None:
+        """Add ``value * mask(u, v)`` over the window of the template points ``extent`` (+- ``pad``)."""
+        pts = self.to_image(np.clip(np.atleast_2d(np.asarray(extent, dtype=float)), -1e4, 1e4))
+        r = pad * self.scale + 1.0
+        x0, y0 = np.maximum(np.floor(pts.min(0) - r), 0).astype(int)
+        x1, y1 = np.minimum(np.ceil(pts.max(0) + r) + 1, (self.w, self.h)).astype(int)
+        if x1 <= x0 or y1 <= y0:
+            return
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+        if supersample:  # 4 x 4 samples per pixel, averaged: anti-aliased edges for the small marks
+            ys = ys[..., None, None] + _SS2.astype(np.float32)[:, None]
+            xs = xs[..., None, None] + _SS2.astype(np.float32)[None, :]
+        dx, dy = xs - np.float32(self.origin[0]), ys - np.float32(self.origin[1])
+        (r00, r01), (r10, r11) = (self.rot / self.scale).astype(np.float32)
+        u, v = r00 * dx + r10 * dy, r01 * dx + r11 * dy  # q = R^T (x - origin) / scale
+        m = mask(u, v)
+        m = m.mean(axis=(-2, -1)) if supersample else m
+        self.img[y0:y1, x0:x1] += np.float32(value) * m
+
+
+def _ceph_anatomy(canvas: _Canvas2D, p: np.ndarray) -> None:
+    """Draw skull-like intensities (before contrast) for the landmarks ``p`` (template coordinates).
 
     The bone and soft-tissue outlines pass through or wrap around the landmarks, so that the local
     anatomy (edges, corners, the sella cup, orbit and ear-rod rings, teeth) follows each case's shape.
     """
     S, N, Or, Po, A, B, Pog, Me, Gn, Go, LI, UI, UL, LL, Sn, sPog, PNS, ANS, Ar = p
-    img = np.zeros(u.shape, dtype=np.float32)
+    far = 1e4
 
     # soft tissue: everything behind the facial profile, which runs through Sn, lips and soft pogonion
-    stomion = (UL + LL) / 2 + np.array([-7.0, 0.0])
+    stomion = (UL + LL) / 2 + (-7.0, 0.0)
     profile = [
-        (-2000.0, -2000.0),
-        (N[0] - 4, -2000.0),
+        (-far, -far),
+        (N[0] - 4, -far),
         (N[0] - 6, N[1] - 70),
         (N[0] + 8, N[1] + 4),
         (Sn[0] + 8, Sn[1] - 32),
@@ -232,35 +280,49 @@ def _ceph_anatomy(p: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         sPog,
         (Me[0] + 8, Me[1] + 12),
         (Me[0] - 30, Me[1] + 24),
-        (Me[0] - 42, 2000.0),
-        (-2000.0, 2000.0),
+        (Me[0] - 42, far),
+        (-far, far),
     ]
-    img += 0.22 * _polygon(u, v, profile)
+    canvas.draw(0.22, _polygon(profile), profile)
 
     # cranial vault: an elliptic bone band whose front passes through nasion, brain case inside
-    centre = np.array([S[0] + 5.0, S[1] + 15.0])
+    c = np.array([S[0] + 5.0, S[1] + 15.0])
     b = 85.0
-    a = (N[0] + 2.0 - centre[0]) / np.sqrt(max(1.0 - ((N[1] - centre[1]) / b) ** 2, 0.1))
-    q = np.hypot((u - centre[0]) / a, (v - centre[1]) / b)
-    upper = v < S[1] + 8.0
-    img += 0.06 * ((q < 1.0) & upper) + 0.32 * ((q < 1.0) & (q > 1.0 - 7.0 / b) & upper)
+    a = (N[0] + 2.0 - c[0]) / np.sqrt(max(1.0 - ((N[1] - c[1]) / b) ** 2, 0.1))
+    low = S[1] + 8.0
+
+    def vault(u, v):
+        q = np.hypot((u - c[0]) / a, (v - c[1]) / b)
+        return ((q < 1.0) & (v < low)) * (0.06 + 0.32 * (q > 1.0 - 7.0 / b))
+
+    canvas.draw(1.0, vault, [(c[0] - a, c[1] - b), (c[0] + a, low)])
     # anterior cranial base plate from behind sella to nasion
-    img += 0.12 * _capsule(u, v, S + np.array([-10.0, 10.0]), N + np.array([-6.0, 8.0]), 3.0)
+    p0, p1 = S + (-10.0, 10.0), N + (-6.0, 8.0)
+    canvas.draw(0.12, _capsule(p0, p1, 3.0), [p0, p1], pad=3.0)
 
     # sella turcica: a cup (lower half ring) around S
-    rs = np.hypot(u - S[0], v - S[1])
-    img += 0.3 * ((rs > 7.0) & (rs < 10.5) & (v > S[1] - 3.0))
+    def cup(u, v):
+        rs = np.hypot(u - S[0], v - S[1])
+        return (rs > 7.0) & (rs < 10.5) & (v > S[1] - 3.0)
+
+    canvas.draw(0.3, cup, [S], pad=11.0)
     # orbit rim with orbitale at its lowest point, ear rod ring with porion on top
-    img += 0.2 * (np.abs(np.hypot(u - Or[0], v - Or[1] + 12.0) - 12.0) < 1.6)
-    img += 0.35 * (np.abs(np.hypot(u - Po[0], v - Po[1] - 7.0) - 7.0) < 2.0)
+    for value, centre, rad, half in ((0.2, Or + (0.0, -12.0), 12.0, 1.6), (0.35, Po + (0.0, 7.0), 7.0, 2.0)):
+        canvas.draw(
+            value,
+            lambda u, v, centre=centre, rad=rad, half=half: np.abs(np.hypot(u - centre[0], v - centre[1]) - rad) < half,
+            [centre],
+            pad=rad + half,
+        )
 
     # maxilla: hard palate PNS-ANS and the alveolar process down to the upper incisor
-    img += 0.25 * _capsule(u, v, PNS, ANS, 3.5)
-    img += 0.25 * _polygon(u, v, [ANS + (-10.0, 2.0), A, UI + (-6.0, -10.0), UI + (-12.0, -8.0), A + (-16.0, 10.0)])
+    canvas.draw(0.25, _capsule(PNS, ANS, 3.5), [PNS, ANS], pad=3.5)
+    alveolus = [ANS + (-10.0, 2.0), A, UI + (-6.0, -10.0), UI + (-12.0, -8.0), A + (-16.0, 10.0)]
+    canvas.draw(0.25, _polygon(alveolus), alveolus)
     # incisors: long bright teeth ending exactly at the incisal points
     for tip, root in ((UI, UI + (-9.0, -26.0)), (LI, LI + (-11.0, 24.0))):
-        d = (root - tip) / np.linalg.norm(root - tip)
-        img += 0.3 * _capsule(u, v, tip + 3.0 * d, root, 3.0)
+        start = tip + 3.0 * (root - tip) / np.linalg.norm(root - tip)
+        canvas.draw(0.3, _capsule(start, root, 3.0), [start, root], pad=3.0)
 
     # mandible: posterior ramus border Ar-Go, lower border Go-Me, symphysis Me-Gn-Pog-B
     mandible = [
@@ -277,18 +339,17 @@ def _ceph_anatomy(p: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         Ar + (17.0, 2.0),
         Ar + (12.0, -8.0),
     ]
-    img += 0.3 * _polygon(u, v, mandible)
+    canvas.draw(0.3, _polygon(mandible), mandible)
     # cervical vertebrae behind the mandible
     for k in range(3):
-        c = Go + np.array([-6.0, 24.0 + 24.0 * k])
-        img += 0.18 * ((np.abs(u - c[0]) < 10.0) & (np.abs(v - c[1]) < 8.0))
-    return img
+        c0 = Go + (-6.0, 24.0 + 24.0 * k)
+        canvas.draw(0.18, lambda u, v, c0=c0: (np.abs(u - c0[0]) < 10.0) & (np.abs(v - c0[1]) < 8.0), [c0], pad=10.0)
 
 
-def _ceph_case(
-    rng: np.random.Generator, size: tuple[int, int], margin: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _ceph_case(rng: np.random.Generator, size: tuple[int, int], margin: float) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic cephalogram: uint8 array (H, W) and landmarks (19, 2) as (x, y) pixels."""
+    from scipy.ndimage import gaussian_filter
+
     w, h = size
     k = min(w / _CEPH_CANVAS[0], h / _CEPH_CANVAS[1])
 
@@ -302,50 +363,40 @@ def _ceph_case(
     # pose: rotation +-10 deg, scale +-10 %, translation +-5 % of the image; redrawn until all fit
     centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
     for _ in range(100):
-        theta = np.deg2rad(rng.uniform(-10.0, 10.0))
+        rot = _rot2(np.deg2rad(rng.uniform(-10.0, 10.0)))
         scale = k * rng.uniform(0.9, 1.1)
-        shift = rng.uniform(-0.05, 0.05, size=2) * np.array([w, h])
-        rot = _rot2(theta)
-        pts = centre + shift + scale * p @ rot.T
+        origin = centre + rng.uniform(-0.05, 0.05, size=2) * np.array([w, h])
+        pts = origin + scale * p @ rot.T
         if np.all(pts >= margin) and np.all(pts <= np.array([w - 1, h - 1]) - margin):
             break
     else:
         raise ValueError(f"image size {size} is too small to hold the 19 landmarks with a {margin} px margin")
 
-    # template coordinates of every pixel: q = R^T (x - c - t) / s
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    dx, dy = xs - centre[0] - shift[0], ys - centre[1] - shift[1]
-    u = (rot[0, 0] * dx + rot[1, 0] * dy) / scale
-    v = (rot[0, 1] * dx + rot[1, 1] * dy) / scale
-    img = _ceph_anatomy(p, u, v)
-
-    # distinct marks at the landmarks, anti-aliased by 4 x 4 supersampling in a small window
+    canvas = _Canvas2D((w, h), origin, rot, scale)
+    _ceph_anatomy(canvas, p)
+    # distinct marks at the landmarks, anti-aliased by supersampling
     radius = 4.0
     mark_gain = 0.4 * rng.uniform(0.75, 1.25)
-    reach = 1.6 * radius * scale + 2.0
-    oy, ox = np.meshgrid(_SS2, _SS2, indexing="ij")
     for j, (name, polarity) in enumerate(_CEPH_MARKS):
-        x0, x1 = max(int(pts[j, 0] - reach), 0), min(int(pts[j, 0] + reach) + 2, w)
-        y0, y1 = max(int(pts[j, 1] - reach), 0), min(int(pts[j, 1] + reach) + 2, h)
-        wy, wx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        sy = wy[..., None, None] + oy - centre[1] - shift[1]
-        sx = wx[..., None, None] + ox - centre[0] - shift[0]
-        mu = (rot[0, 0] * sx + rot[1, 0] * sy) / scale - p[j, 0]
-        mv = (rot[0, 1] * sx + rot[1, 1] * sy) / scale - p[j, 1]
-        cover = _MARKS_2D[name](mu, mv, radius).mean(axis=(-2, -1))
-        img[y0:y1, x0:x1] += polarity * mark_gain * rng.uniform(0.8, 1.2) * cover
+        fn = _MARKS_2D[name]
+        canvas.draw(
+            polarity * mark_gain * rng.uniform(0.8, 1.2),
+            lambda u, v, j=j, fn=fn: fn(u - np.float32(p[j, 0]), v - np.float32(p[j, 1]), radius),
+            [p[j]],
+            pad=1.3 * radius,
+            supersample=True,
+        )
 
     # acquisition: slight blur, smooth background gradient and texture, contrast curve, noise
-    from scipy.ndimage import gaussian_filter
-
-    img = gaussian_filter(img, sigma=0.6)
+    img = gaussian_filter(canvas.img, sigma=0.6)
     g = rng.normal(size=2)
     g /= np.linalg.norm(g)
-    img += 0.07 * ((xs / w - 0.5) * g[0] + (ys / h - 0.5) * g[1]) + 0.08
-    img += 0.035 * _smooth_field(rng, (h, w), 6)
-    img = np.clip(img, 0.0, None) ** rng.uniform(0.75, 1.35)
-    img = rng.uniform(0.0, 0.08) + rng.uniform(0.8, 1.1) * img
-    img += rng.normal(0.0, rng.uniform(0.01, 0.035), size=img.shape)
+    ramp_x = (0.07 * g[0] * (np.arange(w) / w - 0.5)).astype(np.float32)
+    ramp_y = (0.07 * g[1] * (np.arange(h) / h - 0.5) + 0.08).astype(np.float32)
+    img += ramp_y[:, None] + ramp_x[None, :] + 0.035 * _smooth_field(rng, (h, w))
+    img = np.clip(img, 0.0, None) ** np.float32(rng.uniform(0.75, 1.35))
+    img = np.float32(rng.uniform(0.0, 0.08)) + np.float32(rng.uniform(0.8, 1.1)) * img
+    img += rng.normal(0.0, rng.uniform(0.01, 0.035), size=img.shape).astype(np.float32)
     out = np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
     return out, pts
 
@@ -411,35 +462,18 @@ def generate_demo_2d(
 
 # ----------------------------------------------------------------------------------------------- 3D
 
-# normalised template (units of half the smallest field-of-view extent)
-_VOL_TEMPLATE = np.array(
-    [
-        [-0.38, -0.22, -0.16],
-        [0.34, -0.28, -0.06],
-        [0.02, 0.38, -0.20],
-        [-0.26, 0.18, 0.28],
-        [0.30, 0.24, 0.22],
-        [0.04, -0.08, 0.40],
-        [-0.12, -0.40, 0.22],
-        [0.40, 0.06, -0.30],
-    ]
-)
-
-
 def _vol_template(n: int) -> np.ndarray:
-    """``n`` well separated template points: the fixed eight, then a fixed-seed fill of the ball."""
-    pts = list(_VOL_TEMPLATE[:n])
-    rng = np.random.default_rng(20240611)
-    tries = 0
-    while len(pts) < n:
-        cand = rng.uniform(-0.45, 0.45, size=3)
-        tries += 1
-        min_sep = 0.22 if tries < 20000 else 0.12
-        if np.linalg.norm(cand) < 0.5 and all(np.linalg.norm(cand - q) > min_sep for q in pts):
-            pts.append(cand)
-        if tries > 100000:
-            raise ValueError(f"cannot place {n} separated landmarks in the demo volume; use fewer")
-    return np.asarray(pts, dtype=float)
+    """``n`` well spread template points (units of half the smallest field of view).
+
+    A golden-angle spiral on a flattened sphere of radius 0.4 with a fixed irregular perturbation,
+    so the layout does not depend on the seed; neighbours stay about 0.45 apart for ``n`` <= 10.
+    """
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = np.pi * (3.0 - np.sqrt(5.0)) * i
+    pts = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
+    pts *= 0.4 * np.array([1.0, 0.88, 0.95])
+    return pts + np.random.default_rng(1234).uniform(-0.04, 0.04, size=pts.shape)
 
 
 def _sphere_rho(u, v, w):
@@ -468,6 +502,12 @@ _MARKS_3D: tuple[tuple[str, Callable], ...] = (
 _DARK_3D = {"dark_sphere"}
 
 
+def _vol_mark_radius(size: Sequence[int], spacing: np.ndarray) -> float:
+    """Radius (mm) of the landmark structures: 9 % of the half field of view, at least 2.5 voxels."""
+    half = 0.5 * float(np.min(np.asarray(spacing) * (np.asarray(size) - 1)))
+    return max(2.5 * float(np.max(spacing)), 0.09 * half)
+
+
 def _vol_geometry(
     size: tuple[int, int, int], spacing: np.ndarray, oblique: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -491,18 +531,18 @@ def _vol_case(
     from scipy.ndimage import gaussian_filter
 
     half = 0.5 * float(np.min(spacing * (np.asarray(size) - 1)))
-    radius = max(2.5 * float(np.max(spacing)), 0.09 * half)
+    radius = _vol_mark_radius(size, spacing)
     m = direction * spacing  # index -> world (columns scaled by spacing)
     m_inv = np.linalg.inv(m)
     hi = np.asarray(size, dtype=float) - 1.0
     margin = 1.4 * radius / float(np.min(spacing)) + 1.0
 
     p = template * half
-    p = p + np.clip(rng.normal(0.0, 0.03 * half, size=p.shape), -0.08 * half, 0.08 * half)
+    p = p + np.clip(rng.normal(0.0, 0.02 * half, size=p.shape), -0.05 * half, 0.05 * half)
     for _ in range(100):
         rot = _rot3(*np.deg2rad(rng.uniform(-10.0, 10.0, size=3)))
         scale = rng.uniform(0.9, 1.1)
-        shift = rng.uniform(-0.08, 0.08, size=3) * half
+        shift = rng.uniform(-0.06, 0.06, size=3) * half
         world = centre + shift + scale * p @ rot.T
         idx = (world - origin) @ m_inv.T
         if np.all(idx >= margin) and np.all(idx <= hi - margin):
@@ -520,11 +560,11 @@ def _vol_case(
     ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in size], indexing="ij", sparse=True)
     u, v, w = anatomy_frame(ii, jj, kk)
     # body ellipsoid of soft tissue with a bony shell, in air
-    body = np.sqrt((u / (0.9 * half)) ** 2 + (v / (0.78 * half)) ** 2 + (w / (0.85 * half)) ** 2)
+    body = np.sqrt((u / (0.98 * half)) ** 2 + (v / (0.9 * half)) ** 2 + (w / (0.95 * half)) ** 2)
     vol = np.where(body < 1.0, 40.0, -1000.0).astype(np.float32)
     shell_w = max(1.5 * float(np.max(spacing)), 0.06 * half) / half
     vol += 650.0 * ((body < 0.97) & (body > 0.97 - shell_w))
-    vol += (body < 1.0) * (35.0 * _smooth_field(rng, size, 4)).astype(np.float32)
+    vol += (body < 1.0) * (35.0 * _smooth_field(rng, size))
 
     # one structure per landmark, anti-aliased by 2 x 2 x 2 supersampling in a small window
     reach = int(np.ceil(1.6 * radius * scale / float(np.min(spacing)))) + 1

@@ -21,9 +21,13 @@ from custom_monai.metrics import lower_is_better
 __all__ = ["LandmarkEvaluator", "landmark_metric_output"]
 
 
-def landmark_metric_output(output: dict) -> tuple:
-    """``output_transform`` for the landmark metrics: ``(pred, label, spacing)`` in the original frame."""
-    return output["pred"], output["label"], output.get("spacing")
+def landmark_metric_output(output: dict, pred_key: str = "pred") -> tuple:
+    """``output_transform`` for the landmark metrics: ``(pred, label, spacing)`` in the original frame.
+
+    ``pred_key`` picks another point set of the output, e.g. an extra output of the predictor such as
+    ``"pred_coarse"`` (``functools.partial(landmark_metric_output, pred_key="pred_coarse")``).
+    """
+    return output[pred_key], output["label"], output.get("spacing")
 
 
 class LandmarkEvaluator(Evaluator):
@@ -36,7 +40,9 @@ class LandmarkEvaluator(Evaluator):
             ``spacing`` (B, D) when known. A ``None`` batch (all items unreadable) is skipped.
         network: the module(s) of the predictor, used for ``eval()`` mode and by checkpoint handlers.
         predictor: callable ``(batch, device) -> (points (B, N, D), confidence (B, N))`` with points in the
-            original image's index frame (NaN = not found).
+            original image's index frame (NaN = not found). It may return a third element, a dict of extra
+            named tensors (e.g. ``{"pred_coarse": (B, N, D)}`` for an intermediate stage, also in the original
+            frame), which is added to the iteration output so that additional metrics can read it.
         metric_cmp_fn: compares key metric values; default: lower is better (errors).
         amp: autocast the prediction on CUDA.
         other args: as :class:`monai.engines.Evaluator`.
@@ -82,9 +88,11 @@ class LandmarkEvaluator(Evaluator):
         with engine.mode(engine.network), torch.no_grad():
             if engine.amp and device.type == "cuda":
                 with torch.autocast("cuda", **engine.amp_kwargs):
-                    pred, conf = engine.predictor(batchdata, device)
+                    result = engine.predictor(batchdata, device)
             else:
-                pred, conf = engine.predictor(batchdata, device)
+                result = engine.predictor(batchdata, device)
+        pred, conf = result[0], result[1]
+        extra = result[2] if len(result) > 2 and result[2] else {}
         image = batchdata["image"]
         meta = getattr(image, "meta", {})
         paths = meta.get("filename_or_obj", [None] * len(pred))
@@ -95,6 +103,7 @@ class LandmarkEvaluator(Evaluator):
             "spacing": _as_tensor(batchdata.get("spacing")),
             "landmark_affine": _as_tensor(meta.get("landmark_affine")),
             "image_path": list(paths) if isinstance(paths, (list, tuple)) else [paths],
+            **{k: v.detach().float().cpu() for k, v in extra.items()},
         }
 
 

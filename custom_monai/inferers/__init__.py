@@ -1,11 +1,13 @@
 """Predictors (batch -> landmarks in the original frame) and multi-stage inference."""
 
 from .attention_guided import AttentionGuidedPredictor
+from .coordinate_regression import CoordinateRegressionPredictor, SelectOutput
 from .expansive_exploration import ExpansiveExplorationInferer, coarse_from_global, crop_regions, decode_threshold_mean, expansive_regions
 from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
 
 __all__ = [
     "AttentionGuidedPredictor",
+    "CoordinateRegressionPredictor",
     "ExpansiveExplorationInferer",
     "LandmarkPredictor",
     "coarse_from_global",
@@ -14,4 +16,5 @@ __all__ = [
     "expansive_regions",
     "grid_to_original",
     "original_to_grid",
+    "SelectOutput",
 ]
