@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from custom_monai.data import DEMO_VERSION
 from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
 
 BUNDLE = "attention_unet_ceph2d"
@@ -104,7 +105,7 @@ def test_evaluate_and_score_agree(trained, tmp_path, demo_env):
     import subprocess
     import sys
 
-    datalist = Path(demo_env["CUSTOM_MONAI_CACHE"]) / "demo_2d_v1" / "datalist.json"
+    datalist = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "datalist.json"
     subprocess.run(
         [sys.executable, "scripts/score.py", "--datalist", str(datalist), "--section", "test", "--predictions", str(out),
          "--out", str(tmp_path / "score" / "metrics.json"), "--quiet"],
@@ -118,7 +119,7 @@ def test_evaluate_and_score_agree(trained, tmp_path, demo_env):
 
 def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
     root, _ = trained
-    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / "demo_2d_v1" / "images"
+    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "images"
     inp = tmp_path / "in"
     inp.mkdir()
     for name in ("test_000.png", "test_001.png"):

@@ -21,9 +21,8 @@ SECTIONS = ("training", "validation", "test")
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    files = (p for p in sorted(root.rglob("*")) if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def _load_png_wh(path: Path) -> np.ndarray:
@@ -334,9 +333,12 @@ def test_demo_datalist_cache(tmp_path, monkeypatch, demo2d):
     assert _tree_digest(path.parent) == _tree_digest(demo2d.parent)
     mtime = path.stat().st_mtime_ns
     assert Path(demo_datalist("2d")) == path and path.stat().st_mtime_ns == mtime  # reused, not rewritten
-    # an explicit root wins over the environment
-    other = Path(demo_datalist("2d", root=tmp_path / "explicit"))
-    assert other.parent.parent == tmp_path / "explicit"
+    # an explicit root wins over the environment, and an existing dataset there is used as it is
+    existing = tmp_path / "explicit" / f"demo_2d_v{demo.DEMO_VERSION}" / "datalist.json"
+    existing.parent.mkdir(parents=True)
+    existing.write_text("{}")
+    assert Path(demo_datalist("2d", root=tmp_path / "explicit")) == existing
+    assert existing.read_text() == "{}"
     # a folder without a datalist is reported, not silently reused
     (tmp_path / "broken" / f"demo_2d_v{demo.DEMO_VERSION}").mkdir(parents=True)
     with pytest.raises(RuntimeError, match="no datalist.json"):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from custom_monai.data import DEMO_VERSION
 from bundle_utils import bundle_configs, overrides, run_bundle
 
 BUNDLE = "attention_unet_ceph2d"
@@ -58,7 +59,7 @@ def test_two_stage_unet_learns_on_demo_data(tmp_path):
             env=env,
         )
         results[variant] = json.loads((out / "metrics.json").read_text())["mre_mm"]
-    baseline = mean_position_baseline(tmp_path / "cache" / "demo_2d_v1" / "datalist.json", "test")
+    baseline = mean_position_baseline(tmp_path / "cache" / f"demo_2d_v{DEMO_VERSION}" / "datalist.json", "test")
     print(f"test MRE: two-stage {results['full']:.2f} mm, global only {results['global']:.2f} mm, mean-position baseline {baseline:.2f} mm")
     assert results["full"] < 0.5 * baseline
     assert results["global"] < 0.75 * baseline

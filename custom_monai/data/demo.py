@@ -113,7 +113,8 @@ _MARKS_2D: dict[str, MaskFn] = {
     "disk": lambda u, v, r: _rho(u, v) < 0.8 * r,
     "ring": lambda u, v, r: (_rho(u, v) > 0.55 * r) & (_rho(u, v) < r),
     "bullseye": lambda u, v, r: (_rho(u, v) < 0.35 * r) | ((_rho(u, v) > 0.7 * r) & (_rho(u, v) < 1.05 * r)),
-    "plus": lambda u, v, r: ((np.abs(u) < 0.28 * r) & (np.abs(v) < r)) | ((np.abs(v) < 0.28 * r) & (np.abs(u) < r)),
+    "plus": lambda u, v, r: ((np.abs(u) < 0.28 * r) & (np.abs(v) < r))
+    | ((np.abs(v) < 0.28 * r) & (np.abs(u) < r)),
     "cross": lambda u, v, r: _MARKS_2D["plus"](*_diag(u, v), r),
     "square": lambda u, v, r: np.maximum(np.abs(u), np.abs(v)) < 0.7 * r,
     "hollow_square": lambda u, v, r: (np.maximum(np.abs(u), np.abs(v)) > 0.45 * r)
@@ -124,7 +125,8 @@ _MARKS_2D: dict[str, MaskFn] = {
     | ((v > -0.25 * r) & (v < 1.2 * r) & (np.abs(u) < 0.25 * r)),
     "hbar": lambda u, v, r: (np.abs(u) < 1.1 * r) & (np.abs(v) < 0.25 * r),
     "vbar": lambda u, v, r: (np.abs(v) < 1.1 * r) & (np.abs(u) < 0.25 * r),
-    "tee": lambda u, v, r: ((np.abs(u) < r) & (np.abs(v) < 0.25 * r)) | ((v > 0) & (v < 1.1 * r) & (np.abs(u) < 0.25 * r)),
+    "tee": lambda u, v, r: ((np.abs(u) < r) & (np.abs(v) < 0.25 * r))
+    | ((v > 0) & (v < 1.1 * r) & (np.abs(u) < 0.25 * r)),
     "half_disk": lambda u, v, r: (_rho(u, v) < 0.9 * r) & (v < 0.1 * r),
     "two_dots": lambda u, v, r: (_rho(np.abs(u) - 0.55 * r, v) < 0.38 * r),
     "chevron": lambda u, v, r: (np.abs(np.abs(v) + u) < 0.25 * r) & (u > -r) & (u < 0.25 * r),
@@ -218,7 +220,7 @@ def _polygon(vertices: Sequence) -> Callable:
 
 
 class _Canvas2D:
-    """A float image (H, W) drawn in template coordinates ``q`` under the pose ``x = origin + scale * R q``.
+    """A float image (H, W) drawn in template coordinates ``q``, pose ``x = origin + scale * R q``.
 
     Every primitive is evaluated only in the image window that covers it, so drawing costs in
     proportion to the drawn area.
@@ -226,13 +228,17 @@ class _Canvas2D:
 
     def __init__(self, size: tuple[int, int], origin: np.ndarray, rot: np.ndarray, scale: float) -> None:
         self.w, self.h = size
-        self.origin, self.rot, self.scale = np.asarray(origin, dtype=float), np.asarray(rot, dtype=float), float(scale)
+        self.origin = np.asarray(origin, dtype=float)
+        self.rot = np.asarray(rot, dtype=float)
+        self.scale = float(scale)
         self.img = np.zeros((self.h, self.w), dtype=np.float32)
 
     def to_image(self, q: np.ndarray) -> np.ndarray:
         return self.origin + self.scale * np.asarray(q, dtype=float) @ self.rot.T
 
-    def draw(self, value: float, mask: Callable, extent: Sequence, pad: float = 0.0, supersample: bool = False) -> None:
+    def draw(
+        self, value: float, mask: Callable, extent: Sequence, pad: float = 0.0, supersample: bool = False
+    ) -> None:
         """Add ``value * mask(u, v)`` over the window of the template points ``extent`` (+- ``pad``)."""
         pts = self.to_image(np.clip(np.atleast_2d(np.asarray(extent, dtype=float)), -1e4, 1e4))
         r = pad * self.scale + 1.0

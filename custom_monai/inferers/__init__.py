@@ -2,6 +2,7 @@
 
 from .attention_guided import AttentionGuidedPredictor
 from .coordinate_regression import CoordinateRegressionPredictor, SelectOutput
+from .global_local import GlobalLocalPredictor
 from .expansive_exploration import ExpansiveExplorationInferer, coarse_from_global, crop_regions, decode_threshold_mean, expansive_regions
 from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
 
@@ -9,6 +10,7 @@ __all__ = [
     "AttentionGuidedPredictor",
     "CoordinateRegressionPredictor",
     "ExpansiveExplorationInferer",
+    "GlobalLocalPredictor",
     "LandmarkPredictor",
     "coarse_from_global",
     "crop_regions",

@@ -71,6 +71,7 @@ from .spatial import (
 
 # modules written alongside (their own __all__ decides what is public)
 from .cell_targets import *  # noqa: F401,F403
+from .landmark_patches import *  # noqa: F401,F403
 from .masks import *  # noqa: F401,F403
 from .presets import *  # noqa: F401,F403
 from .rescale import *  # noqa: F401,F403
