@@ -18,13 +18,14 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from custom_monai.atomic import atomic_write
 
 from custom_monai.metrics.landmark_metrics import LandmarkErrorAccumulator
 
@@ -62,25 +63,6 @@ def image_id(path: str | os.PathLike) -> str:
             return name[: -len(suf)]
     stem = Path(name).stem
     return stem or name
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> Path:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def _num(x: Any) -> float | None:
@@ -128,7 +110,7 @@ def _points(x: Any, name: str) -> np.ndarray:
 
 def _write_json(path: str | os.PathLike, obj: Any) -> Path:
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _atomic_write(path, lambda f: f.write(text))
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def prediction_record(
@@ -269,7 +251,7 @@ def write_predictions_csv(path: str | os.PathLike, records: Sequence[Mapping[str
         for r in records:
             w.writerow([cell(r.get(c, float("nan"))) for c in cols])
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def _to_grey_uint8(image_2d: Any) -> np.ndarray:
@@ -365,7 +347,7 @@ def write_overlay_png(
             draw.text((4, 4 + i * line_h), f"{i + 1} {name}", fill=(255, 255, 255), font=small, **outline)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # a preview: fast encoding beats a few % of file size
-    return _atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
 
 
 def write_boxplot(
@@ -408,7 +390,7 @@ def write_boxplot(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
 
 
 def write_metrics_json(path: str | os.PathLike, summary: Mapping[str, Any]) -> Path:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import ensure_tuple_rep
@@ -73,19 +72,18 @@ def extract_patches(
     sizes = _sizes(patch_size, ndim)
     finite = torch.isfinite(c).all(dim=1)
     starts = patch_starts(c, sizes)
-    # pad once by the patch size on every side, then every box lies inside the padded image
-    pad: list[int] = []
-    for s in reversed(sizes):
-        pad += [s, s]
-    padded = F.pad(img, pad)
     patches = img.new_zeros((c.shape[0], img.shape[0], *sizes))
     for n in range(c.shape[0]):
         if not finite[n]:
             continue
-        lo = [int(a) + s for a, s in zip(starts[n].tolist(), sizes)]
-        if any(a < 0 or a + s > p + 2 * s for a, s, p in zip(lo, sizes, spatial)):
-            continue  # the patch lies entirely beyond the padded border: leave it zero
-        patches[n] = padded[(slice(None), *(slice(a, a + s) for a, s in zip(lo, sizes)))]
+        # copy the part of the box that lies inside the image; the rest stays zero
+        lo = [max(int(a), 0) for a in starts[n].tolist()]
+        hi = [min(int(a) + s, p) for a, s, p in zip(starts[n].tolist(), sizes, spatial)]
+        if any(h <= l for l, h in zip(lo, hi)):
+            continue
+        src = (slice(None), *(slice(l, h) for l, h in zip(lo, hi)))
+        dst = (n, slice(None), *(slice(l - int(a), h - int(a)) for l, h, a in zip(lo, hi, starts[n].tolist())))
+        patches[dst] = img[src]
     origins = torch.where(finite[:, None], starts.to(torch.float32), torch.tensor(float("nan")))
     return patches, origins
 

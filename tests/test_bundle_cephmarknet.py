@@ -1,0 +1,236 @@
+"""End-to-end runs of the cephmarknet_ceph2d bundle through ``python -m monai.bundle``.
+
+Small settings (ResNet-18, one shared refinement head, a narrow fusion block, a 96 x 128 input) keep each run
+to seconds on 2 CPU cores; the pipeline, the files written and the command lines are the ones a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
+
+BUNDLE = "cephmarknet_ceph2d"
+NET = dict(backbone="resnet18", head="shared", fusion_channels=64)
+TINY = dict(NET, input_size=[96, 128], batch_size=8, val_interval=1)
+
+pytestmark = pytest.mark.slow
+
+
+def _demo_datalist(env: dict) -> Path:
+    found = sorted(Path(env["CUSTOM_MONAI_CACHE"]).glob("demo_2d_*/datalist.json"))
+    assert found, f"no demo datalist under {env['CUSTOM_MONAI_CACHE']}"
+    return found[-1]
+
+
+def _last_metrics(log: str, *names: str) -> dict[str, float]:
+    """The last ``name: value`` pairs that ``StatsHandler`` printed on a ``Metrics --`` line."""
+    lines = [ln for ln in log.splitlines() if "Metrics --" in ln]
+    assert lines, f"no metrics line in the log:\n{log[-3000:]}"
+    out = {}
+    for name in names:
+        m = re.search(rf"\b{name}: ([0-9.eE+-]+)", lines[-1])
+        assert m, f"{name} missing from {lines[-1]!r}"
+        out[name] = float(m.group(1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("demo_cache")
+    return {"CUSTOM_MONAI_CACHE": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_env):
+    """One epoch on the generated demo data (the README's command, plus small settings)."""
+    root = tmp_path_factory.mktemp("cephmark")
+    proc = run_bundle(
+        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
+        + overrides(max_epochs=1, ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **TINY),
+        env=demo_env,
+    )
+    return root, proc.stdout + proc.stderr
+
+
+def test_training_writes_checkpoints_and_both_metrics(trained):
+    root, log = trained
+    models = root / "models"
+    for name in ("model.pt", "checkpoint.pt"):
+        assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
+    ckpt = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
+    assert set(ckpt) == {"network", "_meta"}
+    meta = ckpt["_meta"]
+    assert meta["landmark_names"] == [f"L{i}" for i in range(1, 20)]
+    assert {k: meta[k] for k in ("backbone", "head", "fusion_channels", "input_size")} == {
+        **NET,
+        "input_size": TINY["input_size"],
+    }
+    assert meta["metric_name"] == "val_mre" and np.isfinite(meta["metric"])
+    # validation logs the refined (key) and the coarse MRE; the checkpoint keeps the refined one
+    logged = _last_metrics(log, "val_mre", "val_mre_coarse")
+    assert logged["val_mre"] == pytest.approx(meta["metric"], abs=1e-3)
+    assert logged["val_mre_coarse"] != logged["val_mre"]
+    assert list((root / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
+
+
+def test_resume_continues_from_next_epoch(trained, tmp_path, demo_env):
+    """Stop after epoch 1 (the fixture), restart with max_epochs 2: epoch 2 runs with the saved optimizer state."""
+    root, _ = trained
+    models = tmp_path / "models"
+    shutil.copytree(root / "models", models)
+    before = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=False)
+    steps_1 = before["trainer"]["iteration"]
+    assert next(iter(before["optimizer"]["state"].values()))["step"].item() == steps_1 > 0
+    proc = run_bundle(
+        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
+        + overrides(max_epochs=2, ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **TINY),
+        env=demo_env,
+    )
+    log = proc.stdout + proc.stderr
+    assert "checkpoint.pt at epoch 1" in log, log[-3000:]
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resumed from")[1].split("Epoch[2]")[0]
+    after = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert after["trainer"]["iteration"] == 2 * steps_1
+    assert next(iter(after["optimizer"]["state"].values()))["step"].item() == 2 * steps_1
+
+
+def test_evaluate_refined_coarse_and_score(trained, tmp_path, demo_env):
+    """evaluate.json reads the network settings from model.pt; ``--predict_output coarse`` is the coarse-only row."""
+    root, _ = trained
+    config = bundle_configs(BUNDLE, "train.json", "evaluate.json")
+    out = tmp_path / "eval"
+    proc = run_bundle(
+        ["run", "evaluating", "--config_file", config] + overrides(ckpt_dir=str(root / "models"), output_dir=str(out)),
+        env=demo_env,
+    )
+    logged = _last_metrics(proc.stdout + proc.stderr, "mre", "mre_coarse")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 12 and metrics["n_points"] == 12 * 19
+    assert set(metrics["sdr"]) == {"2.0", "2.5", "3.0", "4.0"} and len(metrics["per_landmark"]) == 19
+    assert metrics["mre_mm"] == pytest.approx(logged["mre"], abs=1e-3)
+    for f in ("predictions.csv", "errors_boxplot.png", "test_000.json", "test_000_overlay.png"):
+        assert (out / f).is_file(), f
+    pred = json.loads((out / "test_000.json").read_text())
+    assert pred["output"] == "refined" and pred["method"] == BUNDLE
+
+    coarse_out = tmp_path / "eval_coarse"
+    run_bundle(
+        ["run", "evaluating", "--config_file", config]
+        + overrides(ckpt_dir=str(root / "models"), output_dir=str(coarse_out), predict_output="coarse", write_overlays=False),
+        env=demo_env,
+    )
+    coarse = json.loads((coarse_out / "metrics.json").read_text())
+    assert coarse["mre_mm"] == pytest.approx(logged["mre_coarse"], abs=1e-3)
+    assert coarse["mre_mm"] != pytest.approx(metrics["mre_mm"], abs=1e-6)
+    assert json.loads((coarse_out / "test_000.json").read_text())["output"] == "coarse"
+
+    # the prediction JSONs score to the same numbers with the shared scoring script
+    subprocess.run(
+        [sys.executable, "scripts/score.py", "--datalist", str(_demo_datalist(demo_env)), "--section", "test",
+         "--predictions", str(out), "--out", str(tmp_path / "score" / "metrics.json"), "--quiet"],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    )
+    scored = json.loads((tmp_path / "score" / "metrics.json").read_text())
+    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px"):
+        assert scored[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+
+
+def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
+    root, _ = trained
+    images = _demo_datalist(demo_env).parent / "images"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("test_000.png", "test_001.png"):
+        shutil.copy(images / name, inp / name)
+    (inp / "broken.png").write_bytes((images / "test_002.png").read_bytes()[:1500])
+    out = tmp_path / "pred"
+    proc = run_bundle(
+        ["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
+        + overrides(input_dir=str(inp), output_dir=str(out), ckpt_dir=str(root / "models")),
+        env=demo_env,
+    )
+    assert "broken.png" in proc.stdout + proc.stderr
+    for stem in ("test_000", "test_001"):
+        pred = json.loads((out / f"{stem}.json").read_text())
+        assert pred["image"].endswith(f"{stem}.png")
+        assert [lm["index"] for lm in pred["landmarks"]] == list(range(1, 20))
+        assert all(lm["x"] is not None and np.isfinite(lm["x"]) and np.isfinite(lm["y"]) for lm in pred["landmarks"])
+        assert (out / f"{stem}_overlay.png").is_file()
+    assert not (out / "broken.json").exists()
+    errors = json.loads((out / "errors.json").read_text())["unreadable"]
+    assert [Path(e["image"]).name for e in errors] == ["broken.png"]
+
+
+def test_inference_matches_evaluation(trained, tmp_path, demo_env):
+    """The same image gives the same points through inference.json as through evaluate.json."""
+    root, _ = trained
+    images = _demo_datalist(demo_env).parent / "images"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(images / "test_003.png", inp / "test_003.png")
+    run_bundle(
+        ["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
+        + overrides(input_dir=str(inp), output_dir=str(tmp_path / "pred"), ckpt_dir=str(root / "models"), write_overlays=False),
+        env=demo_env,
+    )
+    run_bundle(
+        ["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
+        + overrides(ckpt_dir=str(root / "models"), output_dir=str(tmp_path / "eval"), write_overlays=False),
+        env=demo_env,
+    )
+    a = json.loads((tmp_path / "pred" / "test_003.json").read_text())["landmarks"]
+    b = json.loads((tmp_path / "eval" / "test_003.json").read_text())["landmarks"]
+    np.testing.assert_allclose([[p["x"], p["y"]] for p in a], [[p["x"], p["y"]] for p in b], atol=1e-3)
+
+
+def test_metadata_network_and_export(trained, tmp_path, demo_env):
+    root, _ = trained
+    meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
+    train = bundle_configs(BUNDLE, "train.json")
+    run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
+    # the metadata's 640 x 800 input and 19 x 2 refined points, on the small backbone/head
+    run_bundle(
+        ["verify_net_in_out", "refined_network_def", "--meta_file", meta, "--config_file", train] + overrides(**NET),
+        env=demo_env,
+    )
+    ts = tmp_path / "cephmarknet.ts"
+    run_bundle(
+        ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
+         "--key_in_ckpt", "network", "--meta_file", meta, "--config_file", train]
+        + overrides(input_size=TINY["input_size"], **NET),
+        env=demo_env,
+    )
+    from custom_monai.networks import CEPHMarkNet
+
+    eager = CEPHMarkNet(19, input_size=TINY["input_size"], **NET)
+    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=False)["network"])
+    eager.eval()
+    scripted = torch.jit.load(str(ts)).eval()
+    x = torch.rand(2, 1, *TINY["input_size"])
+    with torch.no_grad():
+        for s, e in zip(scripted(x), eager(x)):
+            torch.testing.assert_close(s, e, rtol=1e-5, atol=1e-5)
+
+
+def test_two_processes_gloo(tmp_path, demo_env):
+    """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo)."""
+    proc = run_bundle(
+        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json", "multi_gpu_train.json")]
+        + overrides(max_epochs=1, ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **dict(TINY, batch_size=4)),
+        env=demo_env,
+        torchrun=2,
+    )
+    log = proc.stdout + proc.stderr
+    assert log.count("Epoch[1] Complete") >= 2  # one trainer per rank
+    # each rank trains on half of the 48 demo images: 24 / batch 4 = 6 iterations
+    assert "Iter: 6/6" in log and "Iter: 7/" not in log and "/12 --" not in log
+    assert (tmp_path / "models" / "model.pt").is_file()
