@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "attention_unet_ceph2d": {
         "full": {},
-        "no_expansion": {"expand": "False"},
+        "no_expansion": {"expand": False},
         "global_only": {"predict_stage": "global"},
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},

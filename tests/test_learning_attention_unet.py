@@ -17,9 +17,9 @@ from bundle_utils import bundle_configs, overrides, run_bundle
 
 BUNDLE = "attention_unet_ceph2d"
 LEARN = dict(
-    global_epochs=30,
+    global_epochs=45,
     local_epochs=10,
-    val_interval=5,
+    val_interval=15,
     learning_rate=0.002,
     global_size=[128, 128],
     sigma_global=5.0,
