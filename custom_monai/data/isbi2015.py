@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import LandmarkFileError
 from .readers import (
+    read_points_csv,
     ISBI_LANDMARK_NAMES,
     check_points_inside,
     image_size_2d,
@@ -84,33 +85,7 @@ def read_isbi_csv(
     Returns ``{id: (n_landmarks, 2) pixels}`` with ``pixel = mm / spacing``, rounded to 1e-4 px to remove the
     float noise of the division (the table stores px * 0.1 with one decimal, so pixels are integers).
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except OSError as e:
-        raise LandmarkFileError(path, f"cannot read the CSV ({e.strerror or e})") from e
-    out: dict[str, np.ndarray] = {}
-    for ln, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        parts = [p.strip() for p in text.split(",")]
-        values = parts[1:]
-        while values and values[-1] == "":
-            values.pop()
-        if len(values) != 2 * n_landmarks:
-            raise LandmarkFileError(
-                path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln
-            )
-        try:
-            arr = np.asarray([float(v) if v.lower() not in ("", "nan") else np.nan for v in values], dtype=np.float64)
-        except ValueError as e:
-            raise LandmarkFileError(path, f"row {parts[0]!r} has a non-numeric value ({e})", line=ln) from e
-        if parts[0] in out:
-            raise LandmarkFileError(path, f"id {parts[0]!r} appears twice", line=ln)
-        out[parts[0]] = np.round(arr.reshape(n_landmarks, 2) / float(spacing), 4)
-    if not out:
-        raise LandmarkFileError(path, "empty CSV: no annotation rows")
-    return out
+    return {k: np.round(v, 4) for k, v in read_points_csv(path, n_landmarks, scale=spacing).items()}
 
 
 def _split_of(number: int) -> str | None:

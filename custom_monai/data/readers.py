@@ -35,6 +35,7 @@ __all__ = [
     "landmark_item",
     "DATASETS",
     "get_builder",
+    "read_points_csv",
 ]
 
 ISBI_LANDMARK_NAMES = (
@@ -271,3 +272,40 @@ def get_builder(name: str) -> Callable[..., dict]:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     module, func = DATASETS[aliases[key]].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def read_points_csv(path: str | os.PathLike, n_landmarks: int, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Rows ``id,x1,y1,...,xN,yN`` -> ``{id: (N, 2) float}`` (coordinates divided by ``scale``).
+
+    Empty or ``nan`` values are missing (NaN). A row with the wrong number of values or a repeated id is an
+    error naming the file and the line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except OSError as e:
+        raise LandmarkFileError(path, f"cannot read the CSV ({e.strerror or e})") from e
+    out: dict[str, np.ndarray] = {}
+    for ln, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        parts = [p.strip() for p in text.split(",")]
+        values = parts[1:]
+        while len(values) > 2 * n_landmarks and values[-1] == "":
+            values.pop()
+        if len(values) != 2 * n_landmarks:
+            raise LandmarkFileError(
+                path, f"row {parts[0]!r} has {len(values)} coordinate values, expected {2 * n_landmarks}", line=ln
+            )
+        try:
+            arr = np.asarray([np.nan if v.lower() in ("", "nan") else float(v) for v in values], dtype=np.float64)
+        except ValueError as e:
+            raise LandmarkFileError(path, f"row {parts[0]!r} has a non-numeric value ({e})", line=ln) from e
+        if parts[0] in out:
+            raise LandmarkFileError(path, f"id {parts[0]!r} appears twice", line=ln)
+        arr = arr.reshape(n_landmarks, 2) / float(scale)
+        arr[~np.all(np.isfinite(arr), axis=1)] = np.nan
+        out[parts[0]] = arr
+    if not out:
+        raise LandmarkFileError(path, "empty CSV: no annotation rows")
+    return out
