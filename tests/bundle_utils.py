@@ -17,7 +17,7 @@ def bundle_configs(name: str, *files: str) -> str:
     return paths[0] if len(paths) == 1 else json.dumps(paths).replace('"', "'")
 
 
-def run_bundle(args: list[str], env: dict | None = None, timeout: int = 900, torchrun: int = 0) -> subprocess.CompletedProcess:
+def run_bundle(args: list[str], env: dict | None = None, timeout: int = 1500, torchrun: int = 0) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle ARGS`` (or under ``torchrun`` with that many processes) from the repo root.
 
     Raises with the tail of the output when the command fails.

@@ -77,21 +77,23 @@ def test_resume_continues_from_next_epoch(trained, tmp_path, demo_env):
     root, _ = trained
     models = tmp_path / "models"
     shutil.copytree(root / "models", models)
-    before = torch.load(models / "global_checkpoint.pt", map_location="cpu", weights_only=False)
-    steps_1 = before["trainer"]["iteration"]
-    assert next(iter(before["optimizer"]["state"].values()))["step"].item() == steps_1 > 0
-    run_bundle(
+    before = {n: torch.load(models / n, map_location="cpu", weights_only=False) for n in ("global_checkpoint.pt", "local_checkpoint.pt")}
+    for ckpt in before.values():
+        assert next(iter(ckpt["optimizer"]["state"].values()))["step"].item() == ckpt["trainer"]["iteration"] > 0
+    proc = run_bundle(
         ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
         + overrides(max_epochs=2, ckpt_dir=str(models), log_dir=str(tmp_path / "logs"), **TINY),
         env=demo_env,
     )
-    for name in ("global_checkpoint.pt", "local_checkpoint.pt"):
+    log = proc.stdout + proc.stderr
+    assert "global_checkpoint.pt at epoch 1" in log and "local_checkpoint.pt at epoch 1" in log, log[-3000:]
+    for name, ckpt in before.items():
         after = torch.load(models / name, map_location="cpu", weights_only=False)
-        assert after["trainer"]["epoch"] == 2
+        assert after["trainer"]["iteration"] == 2 * ckpt["trainer"]["iteration"]
         # Adam's step count continued from epoch 1's: the optimizer state was restored, not re-created
         assert next(iter(after["optimizer"]["state"].values()))["step"].item() == after["trainer"]["iteration"]
     local = torch.load(models / "local_checkpoint.pt", map_location="cpu", weights_only=False)
-    # the local cosine schedule with warm restarts runs per iteration and was saved with the optimizer
+    # the local cosine schedule with warm restarts steps per iteration and was saved with the optimizer
     assert local["lr_scheduler"]["last_epoch"] == local["trainer"]["iteration"]
 
 

@@ -17,9 +17,9 @@ from bundle_utils import bundle_configs, overrides, run_bundle
 
 BUNDLE = "attention_unet_ceph2d"
 LEARN = dict(
-    global_epochs=50,
+    global_epochs=80,
     local_epochs=8,
-    val_interval=25,
+    val_interval=40,
     learning_rate=0.002,
     batch_size=4,
     features=[8, 16, 32, 64, 128, 8],
