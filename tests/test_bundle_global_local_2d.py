@@ -64,11 +64,11 @@ def test_training_writes_checkpoints_with_settings(trained):
     meta = ckpt["_meta"]
     assert meta["landmark_names"] == [f"L{i}" for i in range(1, 20)]
     assert meta["global_channels"] == TINY["global_channels"] and meta["patch_size"] == 16
-    assert meta["local_shared"] is True and meta["global_scale"] == 0.25 and meta["local_scale"] == 0.5
+    assert meta["local_shared"] is False and meta["global_scale"] == 0.25 and meta["local_scale"] == 0.5
     assert np.isfinite(meta["metric"])
-    # the shared local net: one set of weights with N one-hot landmark channels at its input
+    # 19 independent local nets (the paper's), as grouped convolutions: 8 filters per landmark, 1 input channel each
     first = next(v for k, v in ckpt["local"].items() if k.endswith("weight") and v.ndim == 4)
-    assert first.shape[1] == 1 + 19
+    assert tuple(first.shape) == (8 * 19, 1, 3, 3)
     assert log.count("Metrics -- val_mre") == 2  # one validation of each stage
     assert list((root / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
 

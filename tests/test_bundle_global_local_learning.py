@@ -6,9 +6,9 @@ FCNN alone) and the full global-to-local pipeline. Baseline: each landmark at it
 position (the best constant guess).
 
 Measured when written (2-core CPU shared with other jobs, one thread per process), test section:
-2D (12 images) training 62 s, whole test 84 s: baseline 10.11 mm, global 5.63 mm, global + local
-1.87 mm (SDR 2 mm 75 %). 3D (4 volumes) training 67 s, whole test 85 s: baseline 4.63 mm (the demo
-volumes vary little in world coordinates), global 3.90 mm, global + local 1.13 mm. The assertions leave
+2D (12 images) training 46 s, whole test 61 s: baseline 10.11 mm, global 5.63 mm, global + local
+1.32 mm (SDR 2 mm 83 %). 3D (4 volumes) training 38 s, whole test 55 s: baseline 4.63 mm (the demo
+volumes vary little in world coordinates), global 3.90 mm, global + local 1.34 mm. The assertions leave
 margins for run-to-run variation.
 
 One thread per process (``OMP_NUM_THREADS=1``): on a 2-core machine shared with other processes, two

@@ -14,7 +14,7 @@ import torch
 
 from custom_monai.transforms.landmarks import to_original
 
-__all__ = ["LandmarkPredictor", "grid_to_original", "original_to_grid"]
+__all__ = ["LandmarkPredictor", "clip_to_image", "grid_to_original", "original_to_grid"]
 
 
 def _batch_affines(image: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,6 +40,20 @@ def original_to_grid(points: torch.Tensor, image: Any) -> torch.Tensor:
     return torch.as_tensor(to_original(points.detach().float().cpu(), landmark_affine, affine), dtype=torch.float32)
 
 
+def clip_to_image(points: torch.Tensor, image: Any) -> torch.Tensor:
+    """Clamp (B, N, D) original-frame points to the original image extent ``[-0.5, size - 0.5]``.
+
+    A point decoded in padding (e.g. an arg-max in the pad of a resize-with-pad input) cannot be a
+    landmark of the image; it is moved to the nearest border. NaN (not found) stays NaN.
+    """
+    shape = image.meta.get("original_spatial_shape") if hasattr(image, "meta") else None
+    if shape is None:
+        return points
+    shape = torch.as_tensor(shape, dtype=points.dtype).reshape(-1, points.shape[-1])
+    upper = (shape - 0.5)[:, None, :].expand_as(points) if shape.shape[0] == points.shape[0] else shape[0] - 0.5
+    return torch.maximum(torch.minimum(points, upper), torch.full_like(points, -0.5))
+
+
 class LandmarkPredictor:
     """Interface: ``__call__(batch, device) -> (points (B, N, D) original frame, confidence (B, N))``.
 
@@ -53,4 +67,4 @@ class LandmarkPredictor:
 
     def __call__(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         points, confidence, ref_key = self.predict_grid(batch, device)
-        return grid_to_original(points, batch[ref_key]), confidence
+        return clip_to_image(grid_to_original(points, batch[ref_key]), batch[ref_key]), confidence
