@@ -23,7 +23,8 @@ def run_bundle(args: list[str], env: dict | None = None, timeout: int = 1500, to
     Raises with the tail of the output when the command fails.
     """
     full_env = dict(os.environ)
-    full_env.setdefault("OMP_NUM_THREADS", "1" if torchrun else "2")
+    # one thread per process: oversubscribed cores (pytest -n 2, torchrun) slow torch down by 10x or more
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "-m", "monai.bundle", *args]
