@@ -40,7 +40,7 @@ def _write_case(path, points, spacing=(0.5, 0.25)):
 
 @pytest.fixture
 def items(tmp_path):
-    a = [(3.0, 4.0), (66.5, 85.25), (None, None), (35.2, 47.9)]
+    a = [(3.0, 4.0), (62.5, 85.25), (None, None), (35.2, 47.9)]
     b = [(12.0, 80.0), (60.0, 7.5), (20.25, 30.75), (None, None)]
     return [_write_case(tmp_path / "a.png", a), _write_case(tmp_path / "b.png", b)]
 
@@ -193,3 +193,18 @@ def test_single_output_network_and_select_output(items):
     points, _ = CoordinateRegressionPredictor(refined_only, output="points", output_names=["points"])(batch, torch.device("cpu"))
     reference, _ = CoordinateRegressionPredictor(net)(batch, torch.device("cpu"))
     torch.testing.assert_close(points, reference)
+
+
+def test_points_outside_the_image_are_clamped(items):
+    """Regression can overshoot; as every predictor, the points end on the image border ([-0.5, size - 0.5])."""
+    batch = _batch(items)
+
+    class Overshoot(nn.Module):
+        def forward(self, x):
+            c = torch.tensor([[1.3, -0.2], [0.5, 0.5]]).expand(x.shape[0], 2, 2)
+            return c, c
+
+    points, _, extra = CoordinateRegressionPredictor(Overshoot(), extra_outputs=["coarse"])(batch, torch.device("cpu"))
+    torch.testing.assert_close(points[:, 0], torch.tensor([[W - 0.5, -0.5]] * 2))
+    torch.testing.assert_close(extra["pred_coarse"], points)
+    assert (points[:, 1] > 0).all() and (points[:, 1] < torch.tensor([W - 0.5, H - 0.5])).all()

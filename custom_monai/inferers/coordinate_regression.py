@@ -16,7 +16,7 @@ from torch import nn
 
 from custom_monai.transforms.heatmap import normalized_to_grid
 
-from .predictor import LandmarkPredictor, grid_to_original
+from .predictor import LandmarkPredictor, clip_to_image, grid_to_original
 
 __all__ = ["CoordinateRegressionPredictor", "SelectOutput"]
 
@@ -48,7 +48,8 @@ class CoordinateRegressionPredictor(LandmarkPredictor):
     selects the prediction; ``extra_outputs`` names others that are also returned, mapped to the original
     frame, as ``{"pred_<name>": (B, N, D)}`` (the third element that
     :class:`custom_monai.engines.LandmarkEvaluator` adds to its output, e.g. for a coarse-stage MRE).
-    Regression gives no confidence, so it is ``None``.
+    Regression gives no confidence, so it is ``None``. As in the base class, points are clamped to the
+    original image extent.
 
     Args:
         network: the regression network.
@@ -106,7 +107,11 @@ class CoordinateRegressionPredictor(LandmarkPredictor):
     ) -> tuple[torch.Tensor, None] | tuple[torch.Tensor, None, dict[str, torch.Tensor]]:
         grids = self._forward(batch, device)
         image = batch[self.image_key]
-        points = grid_to_original(grids[self.output], image)
+
+        def original(grid: torch.Tensor) -> torch.Tensor:  # as the base class: mapped back, clamped to the image
+            return clip_to_image(grid_to_original(grid, image), image)
+
+        points = original(grids[self.output])
         if not self.extra_outputs:
             return points, None
-        return points, None, {f"pred_{name}": grid_to_original(grids[name], image) for name in self.extra_outputs}
+        return points, None, {f"pred_{name}": original(grids[name]) for name in self.extra_outputs}
