@@ -237,21 +237,21 @@ def test_two_processes_gloo(tmp_path, demo_env):
 
 
 def test_learns_on_demo_data(tmp_path, demo_env):
-    """A short run on the demo data: refinement must clearly beat both the coarse points and the baseline.
+    """A short run on the demo data: coarse points below the baseline, refined points clearly below the coarse.
 
     Baseline = predict the mean training position of each landmark for every validation image (in mm, the
-    demo's 0.5 mm spacing). Settings: ResNet-18, shared head, 96 x 128 input, batch 4, Adam 1e-3 with the LDM
-    at 1e-4 (``ldm_lr_factor`` 0.1: the bias-free linear layer on ~6 k non-negative features oscillates at
-    1e-3), 40 epochs of 12 batches: about 2.5 minutes (one torch thread, idle machine).
+    demo's 0.5 mm spacing). Settings: ResNet-18, shared head, 128 x 160 input, batch 4, Adam 1e-3 with the LDM
+    at 1e-4 (``ldm_lr_factor`` 0.1) and the non-paper ``ldm_bias`` (LDM starts at the image centre), 40 epochs
+    of 12 batches: about 3.5 minutes (one torch thread).
 
-    Measured: refined 5.30 mm, coarse 17.94 mm, baseline 8.31 mm (30 epochs: 6.16 / 21.84 / 8.31). The coarse
-    (LDM-only) points do not reach the baseline in this budget, so only the refined ones are held to it.
+    Measured: refined 2.74 mm, coarse 3.29 mm, baseline 8.31 mm. Without ``ldm_bias`` (the paper's bias-free
+    LDM, 96 x 128 input) the coarse points stayed above the baseline (refined 5.30, coarse 17.94 mm).
     """
     proc = run_bundle(
         ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
         + overrides(
-            max_epochs=40, val_interval=40, batch_size=4, learning_rate=0.001, ldm_lr_factor=0.1,
-            ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **NET, input_size=[96, 128],
+            max_epochs=40, val_interval=40, batch_size=4, learning_rate=0.001, ldm_lr_factor=0.1, ldm_bias=True,
+            ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **NET, input_size=[128, 160],
         ),
         env=demo_env,
         timeout=1800,
@@ -264,8 +264,8 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     baseline = float(np.nanmean(np.linalg.norm((val - np.nanmean(train, axis=0)) * spacing, axis=-1)))
     print(f"validation MRE (mm): refined {logged['val_mre']:.2f}, coarse {logged['val_mre_coarse']:.2f}, "
           f"mean-position baseline {baseline:.2f}")
-    assert logged["val_mre"] < 0.8 * baseline
-    assert logged["val_mre"] < 0.6 * logged["val_mre_coarse"]
+    assert logged["val_mre_coarse"] < 0.7 * baseline
+    assert logged["val_mre"] < 0.92 * logged["val_mre_coarse"]
 
 
 @pytest.mark.realdata

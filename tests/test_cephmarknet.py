@@ -208,6 +208,18 @@ def test_parameter_counts_paper_configuration():
     assert 256e6 < count_parameters(net) < 258e6  # SPECS: ~257 M as coded
 
 
+
+def test_ldm_bias_option_starts_at_the_image_centre():
+    """``ldm_bias=True`` (non-paper): coarse points start at (0.5, 0.5) for any image; the paper's LDM has no bias."""
+    torch.manual_seed(0)
+    net = CEPHMarkNet(n_landmarks=3, backbone="resnet18", input_size=(64, 96), head="shared", fusion_channels=16, ldm_bias=True)
+    coarse, _ = net.eval()(torch.rand(2, 1, 64, 96))
+    torch.testing.assert_close(coarse, torch.full((2, 3, 2), 0.5))
+    assert count_parameters(net.ldm) == 512 * 2 * 3 * 6 + 6
+    paper = CEPHMarkNet(n_landmarks=3, backbone="resnet18", input_size=(64, 96), head="shared", fusion_channels=16)
+    assert paper.ldm.bias is None
+
+
 # ---------------------------------------------------------------- loss
 
 

@@ -250,6 +250,11 @@ class CEPHMarkNet(nn.Module):
         box_cells: box sides in feature cells on P3, P4, P5 (paper: 7, 5, 3 = 56, 80, 96 input pixels).
         crop_size: samples per box side (paper: 5).
         fusion_channels: SFB width (paper: 256).
+        ldm_bias: not in the paper. ``False`` (paper): the LDM is one bias-free linear layer on the flattened,
+            non-negative C5 features, which starts with random points and learns the landmarks' mean position
+            only through the features. ``True``: the layer gets a bias initialised to the image centre (0.5)
+            and zero weights, so training starts from the centre and the features only have to explain the
+            deviation from it; on small data and short CPU runs the coarse points then converge much faster.
     """
 
     def __init__(
@@ -262,6 +267,7 @@ class CEPHMarkNet(nn.Module):
         box_cells: Sequence[float] = (7.0, 5.0, 3.0),
         crop_size: int = 5,
         fusion_channels: int = 256,
+        ldm_bias: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in _BACKBONES:
@@ -290,7 +296,10 @@ class CEPHMarkNet(nn.Module):
             pretrained=False, spatial_dims=2, n_input_channels=in_channels, conv1_t_stride=2, feed_forward=False
         )
         c5_features = channels[2] * (size[0] // 32) * (size[1] // 32)
-        self.ldm = nn.Linear(c5_features, 2 * n_landmarks, bias=False)
+        self.ldm = nn.Linear(c5_features, 2 * n_landmarks, bias=ldm_bias)
+        if ldm_bias:
+            nn.init.zeros_(self.ldm.weight)
+            nn.init.constant_(self.ldm.bias, 0.5)
         self.sfb = SemanticFusionBlock(channels, fusion_channels)
         lrm_cls = PerLandmarkRefinementHeads if head == "per_landmark" else SharedRefinementHead
         self.lrm = lrm_cls(n_landmarks, 3 * fusion_channels, crop_size)
