@@ -65,8 +65,10 @@ print("PHASE_RESULT " + json.dumps({"setup_s": t1 - t0, "run_s": t2 - t1, "max_r
 def _phase(config_file, run_id: str, overrides: dict, log: Path, time_forward: bool = False) -> dict:
     args = {"config_file": config_file, "run_id": run_id, "overrides": overrides, "time_forward": time_forward}
     env = dict(os.environ)
-    with open(log, "w") as f:
+    with open(log, "w") as f:  # stderr (progress bars) and stdout (the handlers' metric lines) both kept
         proc = subprocess.run([sys.executable, "-c", _PHASE, json.dumps(args)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=f, text=True)
+    with open(log.with_suffix(".out"), "w") as f:
+        f.write(proc.stdout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PHASE_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{run_id} failed (exit {proc.returncode}); see {log}")

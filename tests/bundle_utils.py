@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +46,97 @@ def overrides(**kwargs) -> list[str]:
     for k, v in kwargs.items():
         out += [f"--{k}", v if isinstance(v, str) else repr(v)]
     return out
+
+
+def train(bundle: str, root: Path, env: dict, *, configs: tuple[str, ...] = ("train.json",), torchrun: int = 0,
+          timeout: int = 1500, **settings) -> str:
+    """``run training`` of ``bundle`` with checkpoints in ``ROOT/models``, logs in ``ROOT/logs``; returns the log."""
+    proc = run_bundle(
+        ["run", "training", "--config_file", bundle_configs(bundle, *configs)]
+        + overrides(ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **settings),
+        env=env, timeout=timeout, torchrun=torchrun,
+    )
+    return proc.stdout + proc.stderr
+
+
+def demo_datalist(env: dict, kind: str = "2d") -> Path:
+    """The generated demo datalist under the cache of ``env`` (after a bundle run created it)."""
+    from custom_monai.data import DEMO_VERSION
+
+    path = Path(env["CUSTOM_MONAI_CACHE"]) / f"demo_{kind}_v{DEMO_VERSION}" / "datalist.json"
+    assert path.is_file(), f"no demo datalist at {path}"
+    return path
+
+
+def last_metrics(log: str, *names: str) -> dict[str, float]:
+    """The last ``name: value`` pairs that ``StatsHandler`` printed on a ``Metrics --`` line."""
+    lines = [ln for ln in log.splitlines() if "Metrics --" in ln]
+    assert lines, f"no metrics line in the log:\n{log[-3000:]}"
+    out = {}
+    for name in names:
+        m = re.search(rf"\b{name}: ([0-9.eE+-]+)", lines[-1])
+        assert m, f"{name} missing from {lines[-1]!r}"
+        out[name] = float(m.group(1))
+    return out
+
+
+def mean_position_baseline(datalist: Path, section: str) -> float:
+    """MRE (mm) of predicting the training-set mean landmark positions for every item of ``section``.
+
+    The best constant guess: a learning test must beat it. 3D datalists hold world millimetres already;
+    2D pixel points are scaled by each image's spacing. Missing landmarks are ignored.
+    """
+    dl = json.loads(Path(datalist).read_text())
+    train = np.array([it["landmarks"] for it in dl["training"]], dtype=float)
+    items = dl[section]
+    target = np.array([it["landmarks"] for it in items], dtype=float)
+    scale = 1.0 if dl.get("coordinate_space") == "world" else np.array([it["spacing"] for it in items], dtype=float)[:, None, :]
+    return float(np.nanmean(np.linalg.norm((target - np.nanmean(train, axis=0)) * scale, axis=-1)))
+
+
+def hamedan_subset(data_dir: Path, out_dir: Path, n_train: int = 4, n_val: int = 2) -> Path:
+    """A Hamedan datalist from ``scripts/prepare_data.py`` (the user's command), trimmed to a few images."""
+    full = out_dir / "hamedan.json"
+    subprocess.run(
+        [sys.executable, "scripts/prepare_data.py", "hamedan", "--root", str(data_dir / "hamedan_ceph"), "--out", str(full)],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    )
+    dl = json.loads(full.read_text())
+    assert len(dl["training"]) == 80 and len(dl["validation"]) == 20
+    small = out_dir / "small.json"
+    small.write_text(json.dumps(dict(dl, training=dl["training"][:n_train], validation=dl["validation"][:n_val], test=[])))
+    return small
+
+
+def assert_scores_match(datalist: Path, predictions: Path, metrics: dict, out: Path, section: str = "test") -> None:
+    """``scripts/score.py`` on the written prediction JSONs gives the evaluation's own ``metrics.json`` numbers."""
+    subprocess.run(
+        [sys.executable, "scripts/score.py", "--datalist", str(datalist), "--section", section,
+         "--predictions", str(predictions), "--out", str(out / "metrics.json"), "--quiet"],
+        cwd=REPO_ROOT, check=True, capture_output=True,
+    )
+    scored = json.loads((out / "metrics.json").read_text())
+    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px"):
+        assert abs(scored[key] - metrics[key]) <= 1e-6 * abs(metrics[key]) + 1e-9, (key, scored[key], metrics[key])
+    assert scored["sdr"].keys() == metrics["sdr"].keys()
+    for k, v in metrics["sdr"].items():
+        assert abs(scored["sdr"][k] - v) <= 1e-6 * abs(v) + 1e-9, ("sdr", k)
+
+
+def corrupt_image_folder(images: Path, folder: Path, names: tuple[str, ...] = ("test_000.png", "test_001.png")) -> Path:
+    """``folder`` with copies of ``names`` from ``images`` and ``broken.png``, a truncated PNG."""
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(images / name, folder / name)
+    (folder / "broken.png").write_bytes((images / "test_002.png").read_bytes()[:1500])
+    return folder
+
+
+def infer(bundle: str, input_dir: Path, output_dir: Path, ckpt_dir: Path, env: dict, **settings) -> str:
+    """``run inference`` of ``bundle`` on a folder; returns the log."""
+    proc = run_bundle(
+        ["run", "inference", "--config_file", bundle_configs(bundle, "inference.json")]
+        + overrides(input_dir=str(input_dir), output_dir=str(output_dir), ckpt_dir=str(ckpt_dir), **settings),
+        env=env,
+    )
+    return proc.stdout + proc.stderr

@@ -35,3 +35,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory) -> dict:
+    """Environment for bundle runs: a module-private cache where the demo data is generated on first use."""
+    return {"CUSTOM_MONAI_CACHE": str(tmp_path_factory.mktemp("demo_cache"))}

@@ -13,8 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from custom_monai.data import DEMO_VERSION
-from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
+from bundle_utils import (
+    REPO_ROOT,
+    assert_scores_match,
+    bundle_configs,
+    corrupt_image_folder,
+    demo_datalist,
+    hamedan_subset,
+    infer,
+    mean_position_baseline,
+    overrides,
+    run_bundle,
+    train,
+)
 
 BUNDLE = "attention_unet_ceph2d"
 TINY = dict(
@@ -33,21 +44,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo_cache")
-    return {"CUSTOM_MONAI_CACHE": str(cache)}
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_env):
     """One epoch per stage on the generated demo data (the README's command, plus small settings)."""
     root = tmp_path_factory.mktemp("zhong")
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **TINY),
-        env=demo_env,
-    )
-    return root, proc.stdout + proc.stderr
+    return root, train(BUNDLE, root, demo_env, max_epochs=1, **TINY)
 
 
 def test_training_writes_checkpoints(trained):
@@ -102,36 +102,16 @@ def test_evaluate_and_score_agree(trained, tmp_path, demo_env):
     for f in ("predictions.csv", "errors_boxplot.png", "test_000.json", "test_000_overlay.png"):
         assert (out / f).is_file(), f
     # the prediction JSONs score to the same numbers with the shared scoring script
-    import subprocess
-    import sys
-
-    datalist = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "datalist.json"
-    subprocess.run(
-        [sys.executable, "scripts/score.py", "--datalist", str(datalist), "--section", "test", "--predictions", str(out),
-         "--out", str(tmp_path / "score" / "metrics.json"), "--quiet"],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )
-    scored = json.loads((tmp_path / "score" / "metrics.json").read_text())
-    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px"):
-        assert scored[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
-    assert scored["sdr"] == pytest.approx(metrics["sdr"])
+    datalist = demo_datalist(demo_env, "2d")
+    assert_scores_match(datalist, out, metrics, tmp_path / "score")
 
 
 def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
     root, _ = trained
-    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "images"
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for name in ("test_000.png", "test_001.png"):
-        shutil.copy(images / name, inp / name)
-    (inp / "broken.png").write_bytes((images / "test_002.png").read_bytes()[:1500])
+    images = demo_datalist(demo_env, "2d").parent / "images"
+    inp = corrupt_image_folder(images, tmp_path / "in")
     out = tmp_path / "pred"
-    proc = run_bundle(
-        ["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
-        + overrides(input_dir=str(inp), output_dir=str(out), ckpt_dir=str(root / "models")),
-        env=demo_env,
-    )
-    assert "broken.png" in proc.stdout + proc.stderr
+    assert "broken.png" in infer(BUNDLE, inp, out, root / "models", demo_env)
     for stem in ("test_000", "test_001"):
         pred = json.loads((out / f"{stem}.json").read_text())
         assert pred["image"].endswith(f"{stem}.png")
@@ -147,13 +127,13 @@ def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
 def test_metadata_network_and_export(trained, tmp_path, demo_env):
     root, _ = trained
     meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    train = bundle_configs(BUNDLE, "train.json")
+    train_cfg = bundle_configs(BUNDLE, "train.json")
     run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", train, "--n", "8"], env=demo_env)
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", train_cfg, "--n", "8"], env=demo_env)
     ts = tmp_path / "global.ts"
     run_bundle(
         ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train]
+         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train_cfg]
         + overrides(features=TINY["features"]),
         env=demo_env,
     )
@@ -170,13 +150,7 @@ def test_metadata_network_and_export(trained, tmp_path, demo_env):
 
 def test_two_processes_gloo(tmp_path, demo_env):
     """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo)."""
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json", "multi_gpu_train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **TINY),
-        env=demo_env,
-        torchrun=2,
-    )
-    log = proc.stdout + proc.stderr
+    log = train(BUNDLE, tmp_path, demo_env, configs=("train.json", "multi_gpu_train.json"), torchrun=2, max_epochs=1, **TINY)
     assert log.count("Epoch[1] Complete") >= 4  # 2 ranks x (global trainer + local trainer)
     assert (tmp_path / "models" / "model.pt").is_file()
 
@@ -184,21 +158,9 @@ def test_two_processes_gloo(tmp_path, demo_env):
 @pytest.mark.realdata
 def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms: a datalist from prepare_data.py, trimmed to a few images."""
-    import subprocess
-    import sys
-
-    full = tmp_path / "hamedan.json"
-    subprocess.run(
-        [sys.executable, "scripts/prepare_data.py", "hamedan", "--root", str(data_dir / "hamedan_ceph"), "--out", str(full)],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )
-    dl = json.loads(full.read_text())
-    assert len(dl["training"]) == 80 and len(dl["validation"]) == 20
-    small = dict(dl, training=dl["training"][:4], validation=dl["validation"][:2], test=[])
-    (tmp_path / "small.json").write_text(json.dumps(small))
-    common = dict(datalist=str(tmp_path / "small.json"), ckpt_dir=str(tmp_path / "models"), **TINY)
-    run_bundle(["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-               + overrides(max_epochs=1, log_dir=str(tmp_path / "logs"), **common), env=demo_env)
+    small = hamedan_subset(data_dir, tmp_path)
+    common = dict(datalist=str(small), ckpt_dir=str(tmp_path / "models"), **TINY)
+    train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **TINY)
     out = tmp_path / "eval"
     run_bundle(["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
                + overrides(output_dir=str(out), write_overlays=False, **common), env=demo_env)
@@ -207,8 +169,8 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
     inp = tmp_path / "in"
     inp.mkdir()
-    first = Path(small["validation"][0]["image"])
-    src = first if first.is_absolute() else full.parent / first
+    first = Path(json.loads(small.read_text())["validation"][0]["image"])
+    src = first if first.is_absolute() else small.parent / first
     shutil.copy(src, inp / src.name)
     run_bundle(["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
                + overrides(input_dir=str(inp), output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models")),
@@ -217,3 +179,49 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     assert len(pred["landmarks"]) == 19
     xs = [lm["x"] for lm in pred["landmarks"] if lm["x"] is not None]
     assert all(-0.5 <= x <= 1339.5 for x in xs)
+
+
+#: small CPU settings for the learning test: 128 x 128 global input, 48 px local patches (0.5 scale)
+LEARN = dict(
+    TINY,
+    global_size=[128, 128],
+    sigma_global=4.0,
+    sigma_local=4.9,
+    global_epochs=70,
+    local_epochs=30,
+    val_interval=10,
+    batch_size=4,
+    learning_rate=0.002,
+    lr_min_factor=1.0,
+    patches_per_image=8,
+    local_batch_size=16,
+)
+
+
+def test_learns_on_demo_data(tmp_path, demo_env):
+    """Both stages learn on the demo data; the local stage (initialised from the global net) refines the global one.
+
+    Baseline = each landmark at its mean training position. Constant lr (``lr_min_factor`` 1): the global
+    softmax heatmaps only find the landmarks after ~500 iterations, and a decaying lr delays that. The
+    local net starts from the trained global weights (``local_init_from_global``, the default).
+
+    Measured (one torch thread, validation section, logged): global stage 3.59 mm after 60 epochs, full
+    pipeline 0.94 mm after 30 local epochs, baseline 8.31 mm; ~4 min. Without ``local_init_from_global``
+    the local stage was still worse than the global one after 1200 iterations (6.33 mm).
+    """
+    root = tmp_path
+    train(BUNDLE, root, demo_env, timeout=1800, **LEARN)
+    results = {}
+    for variant, extra in {"full": {}, "global": {"predict_stage": "global"}}.items():
+        out = root / f"eval_{variant}"
+        run_bundle(
+            ["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
+            + overrides(ckpt_dir=str(root / "models"), output_dir=str(out), write_overlays=False, **LEARN, **extra),
+            env=demo_env,
+        )
+        results[variant] = json.loads((out / "metrics.json").read_text())["mre_mm"]
+    baseline = mean_position_baseline(demo_datalist(demo_env), "test")
+    print(f"test MRE: two-stage {results['full']:.2f} mm, global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
+    assert results["global"] < 0.7 * baseline
+    assert results["full"] < 0.6 * results["global"]
+    assert results["full"] < 0.25 * baseline

@@ -7,16 +7,26 @@ to seconds on 2 CPU cores; the pipeline, the files written and the command lines
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
+from bundle_utils import (
+    REPO_ROOT,
+    assert_scores_match,
+    bundle_configs,
+    corrupt_image_folder,
+    demo_datalist,
+    hamedan_subset,
+    infer,
+    last_metrics,
+    mean_position_baseline,
+    overrides,
+    run_bundle,
+    train,
+)
 
 BUNDLE = "cephmarknet_ceph2d"
 NET = dict(backbone="resnet18", head="shared", fusion_channels=64)
@@ -25,40 +35,11 @@ TINY = dict(NET, input_size=[96, 128], batch_size=8, val_interval=1)
 pytestmark = pytest.mark.slow
 
 
-def _demo_datalist(env: dict) -> Path:
-    found = sorted(Path(env["CUSTOM_MONAI_CACHE"]).glob("demo_2d_*/datalist.json"))
-    assert found, f"no demo datalist under {env['CUSTOM_MONAI_CACHE']}"
-    return found[-1]
-
-
-def _last_metrics(log: str, *names: str) -> dict[str, float]:
-    """The last ``name: value`` pairs that ``StatsHandler`` printed on a ``Metrics --`` line."""
-    lines = [ln for ln in log.splitlines() if "Metrics --" in ln]
-    assert lines, f"no metrics line in the log:\n{log[-3000:]}"
-    out = {}
-    for name in names:
-        m = re.search(rf"\b{name}: ([0-9.eE+-]+)", lines[-1])
-        assert m, f"{name} missing from {lines[-1]!r}"
-        out[name] = float(m.group(1))
-    return out
-
-
-@pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo_cache")
-    return {"CUSTOM_MONAI_CACHE": str(cache)}
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_env):
     """One epoch on the generated demo data (the README's command, plus small settings)."""
     root = tmp_path_factory.mktemp("cephmark")
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **TINY),
-        env=demo_env,
-    )
-    return root, proc.stdout + proc.stderr
+    return root, train(BUNDLE, root, demo_env, max_epochs=1, **TINY)
 
 
 def test_training_writes_checkpoints_and_both_metrics(trained):
@@ -76,7 +57,7 @@ def test_training_writes_checkpoints_and_both_metrics(trained):
     }
     assert meta["metric_name"] == "val_mre" and np.isfinite(meta["metric"])
     # validation logs the refined (key) and the coarse MRE; the checkpoint keeps the refined one
-    logged = _last_metrics(log, "val_mre", "val_mre_coarse")
+    logged = last_metrics(log, "val_mre", "val_mre_coarse")
     assert logged["val_mre"] == pytest.approx(meta["metric"], abs=1e-3)
     assert logged["val_mre_coarse"] != logged["val_mre"]
     assert list((root / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
@@ -112,7 +93,7 @@ def test_evaluate_refined_coarse_and_score(trained, tmp_path, demo_env):
         ["run", "evaluating", "--config_file", config] + overrides(ckpt_dir=str(root / "models"), output_dir=str(out)),
         env=demo_env,
     )
-    logged = _last_metrics(proc.stdout + proc.stderr, "mre", "mre_coarse")
+    logged = last_metrics(proc.stdout + proc.stderr, "mre", "mre_coarse")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 12 and metrics["n_points"] == 12 * 19
     assert set(metrics["sdr"]) == {"2.0", "2.5", "3.0", "4.0"} and len(metrics["per_landmark"]) == 19
@@ -134,31 +115,15 @@ def test_evaluate_refined_coarse_and_score(trained, tmp_path, demo_env):
     assert json.loads((coarse_out / "test_000.json").read_text())["output"] == "coarse"
 
     # the prediction JSONs score to the same numbers with the shared scoring script
-    subprocess.run(
-        [sys.executable, "scripts/score.py", "--datalist", str(_demo_datalist(demo_env)), "--section", "test",
-         "--predictions", str(out), "--out", str(tmp_path / "score" / "metrics.json"), "--quiet"],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )
-    scored = json.loads((tmp_path / "score" / "metrics.json").read_text())
-    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px"):
-        assert scored[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+    assert_scores_match(demo_datalist(demo_env), out, metrics, tmp_path / "score")
 
 
 def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
     root, _ = trained
-    images = _demo_datalist(demo_env).parent / "images"
-    inp = tmp_path / "in"
-    inp.mkdir()
-    for name in ("test_000.png", "test_001.png"):
-        shutil.copy(images / name, inp / name)
-    (inp / "broken.png").write_bytes((images / "test_002.png").read_bytes()[:1500])
+    images = demo_datalist(demo_env).parent / "images"
+    inp = corrupt_image_folder(images, tmp_path / "in")
     out = tmp_path / "pred"
-    proc = run_bundle(
-        ["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
-        + overrides(input_dir=str(inp), output_dir=str(out), ckpt_dir=str(root / "models")),
-        env=demo_env,
-    )
-    assert "broken.png" in proc.stdout + proc.stderr
+    assert "broken.png" in infer(BUNDLE, inp, out, root / "models", demo_env)
     for stem in ("test_000", "test_001"):
         pred = json.loads((out / f"{stem}.json").read_text())
         assert pred["image"].endswith(f"{stem}.png")
@@ -173,7 +138,7 @@ def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
 def test_inference_matches_evaluation(trained, tmp_path, demo_env):
     """The same image gives the same points through inference.json as through evaluate.json."""
     root, _ = trained
-    images = _demo_datalist(demo_env).parent / "images"
+    images = demo_datalist(demo_env).parent / "images"
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(images / "test_003.png", inp / "test_003.png")
@@ -195,17 +160,17 @@ def test_inference_matches_evaluation(trained, tmp_path, demo_env):
 def test_metadata_network_and_export(trained, tmp_path, demo_env):
     root, _ = trained
     meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    train = bundle_configs(BUNDLE, "train.json")
+    train_cfg = bundle_configs(BUNDLE, "train.json")
     run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
     # the metadata's 640 x 800 input and 19 x 2 refined points, on the small backbone/head
     run_bundle(
-        ["verify_net_in_out", "refined_network_def", "--meta_file", meta, "--config_file", train] + overrides(**NET),
+        ["verify_net_in_out", "refined_network_def", "--meta_file", meta, "--config_file", train_cfg] + overrides(**NET),
         env=demo_env,
     )
     ts = tmp_path / "cephmarknet.ts"
     run_bundle(
         ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-         "--key_in_ckpt", "network", "--meta_file", meta, "--config_file", train]
+         "--key_in_ckpt", "network", "--meta_file", meta, "--config_file", train_cfg]
         + overrides(input_size=TINY["input_size"], **NET),
         env=demo_env,
     )
@@ -223,13 +188,8 @@ def test_metadata_network_and_export(trained, tmp_path, demo_env):
 
 def test_two_processes_gloo(tmp_path, demo_env):
     """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo)."""
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json", "multi_gpu_train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **dict(TINY, batch_size=4)),
-        env=demo_env,
-        torchrun=2,
-    )
-    log = proc.stdout + proc.stderr
+    log = train(BUNDLE, tmp_path, demo_env, configs=("train.json", "multi_gpu_train.json"), torchrun=2, max_epochs=1,
+                **dict(TINY, batch_size=4))
     assert log.count("Epoch[1] Complete") >= 2  # one trainer per rank
     # each rank trains on half of the 48 demo images: 24 / batch 4 = 6 iterations
     assert "Iter: 6/6" in log and "Iter: 7/" not in log and "/12 --" not in log
@@ -247,21 +207,10 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     Measured: refined 2.74 mm, coarse 3.29 mm, baseline 8.31 mm. Without ``ldm_bias`` (the paper's bias-free
     LDM, 96 x 128 input) the coarse points stayed above the baseline (refined 5.30, coarse 17.94 mm).
     """
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-        + overrides(
-            max_epochs=40, val_interval=40, batch_size=4, learning_rate=0.001, ldm_lr_factor=0.1, ldm_bias=True,
-            ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **NET, input_size=[128, 160],
-        ),
-        env=demo_env,
-        timeout=1800,
-    )
-    logged = _last_metrics(proc.stdout + proc.stderr, "val_mre", "val_mre_coarse")
-    datalist = json.loads(_demo_datalist(demo_env).read_text())
-    train = np.array([it["landmarks"] for it in datalist["training"]], np.float64)
-    val = np.array([it["landmarks"] for it in datalist["validation"]], np.float64)
-    spacing = np.array([it["spacing"] for it in datalist["validation"]], np.float64)[:, None, :]
-    baseline = float(np.nanmean(np.linalg.norm((val - np.nanmean(train, axis=0)) * spacing, axis=-1)))
+    log = train(BUNDLE, tmp_path, demo_env, timeout=1800, max_epochs=40, val_interval=40, batch_size=4, learning_rate=0.001,
+                ldm_lr_factor=0.1, ldm_bias=True, **NET, input_size=[128, 160])
+    logged = last_metrics(log, "val_mre", "val_mre_coarse")
+    baseline = mean_position_baseline(demo_datalist(demo_env), "validation")
     print(f"validation MRE (mm): refined {logged['val_mre']:.2f}, coarse {logged['val_mre_coarse']:.2f}, "
           f"mean-position baseline {baseline:.2f}")
     assert logged["val_mre_coarse"] < 0.7 * baseline
@@ -271,25 +220,17 @@ def test_learns_on_demo_data(tmp_path, demo_env):
 @pytest.mark.realdata
 def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms: a datalist from prepare_data.py, trimmed to a few images."""
-    full = tmp_path / "hamedan.json"
-    subprocess.run(
-        [sys.executable, "scripts/prepare_data.py", "hamedan", "--root", str(data_dir / "hamedan_ceph"), "--out", str(full)],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )
-    dl = json.loads(full.read_text())
-    small = dict(dl, training=dl["training"][:4], validation=dl["validation"][:2], test=[])
-    (tmp_path / "small.json").write_text(json.dumps(small))
-    common = dict(datalist=str(tmp_path / "small.json"), ckpt_dir=str(tmp_path / "models"))
-    run_bundle(["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-               + overrides(max_epochs=1, log_dir=str(tmp_path / "logs"), **common, **dict(TINY, batch_size=2)), env=demo_env)
+    small = hamedan_subset(data_dir, tmp_path)
+    common = dict(datalist=str(small), ckpt_dir=str(tmp_path / "models"))
+    train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **dict(TINY, batch_size=2))
     out = tmp_path / "eval"
     run_bundle(["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
                + overrides(output_dir=str(out), write_overlays=False, **common), env=demo_env)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
     assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
-    first = Path(small["validation"][0]["image"])
-    src = first if first.is_absolute() else full.parent / first
+    first = Path(json.loads(small.read_text())["validation"][0]["image"])
+    src = first if first.is_absolute() else small.parent / first
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(src, inp / src.name)

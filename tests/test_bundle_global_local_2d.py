@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
-
-from custom_monai.data import DEMO_VERSION
+from bundle_utils import REPO_ROOT, assert_scores_match, bundle_configs, demo_datalist, overrides, run_bundle, train
 
 BUNDLE = "global_local_fcnn_ceph2d"
 TINY = dict(
@@ -38,20 +34,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    return {"CUSTOM_MONAI_CACHE": str(tmp_path_factory.mktemp("demo_cache"))}
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_env):
     """One epoch per stage on the generated demo data (the README's command, plus small settings)."""
     root = tmp_path_factory.mktemp("noothout2d")
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **TINY),
-        env=demo_env,
-    )
-    return root, proc.stdout + proc.stderr
+    return root, train(BUNDLE, root, demo_env, max_epochs=1, **TINY)
 
 
 def test_training_writes_checkpoints_with_settings(trained):
@@ -112,20 +98,13 @@ def test_evaluate_and_score_agree(trained, tmp_path, demo_env):
         assert (out / f).is_file(), f
     pred = json.loads((out / "test_000.json").read_text())
     assert pred["stage"] == "full" and pred["method"] == BUNDLE
-    datalist = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "datalist.json"
-    subprocess.run(
-        [sys.executable, "scripts/score.py", "--datalist", str(datalist), "--section", "test", "--predictions", str(out),
-         "--out", str(tmp_path / "score" / "metrics.json"), "--quiet"],
-        cwd=REPO_ROOT, check=True, capture_output=True,
-    )
-    scored = json.loads((tmp_path / "score" / "metrics.json").read_text())
-    for key in ("mre_mm", "sd_mm", "median_mm", "mre_px"):
-        assert scored[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+    datalist = demo_datalist(demo_env, "2d")
+    assert_scores_match(datalist, out, metrics, tmp_path / "score")
 
 
 def test_inference_on_folder_global_and_full(trained, tmp_path, demo_env):
     root, _ = trained
-    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_2d_v{DEMO_VERSION}" / "images"
+    images = demo_datalist(demo_env, "2d").parent / "images"
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(images / "test_000.png", inp / "test_000.png")
@@ -155,14 +134,14 @@ def test_inference_on_folder_global_and_full(trained, tmp_path, demo_env):
 def test_metadata_network_and_export(trained, tmp_path, demo_env):
     root, _ = trained
     meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    train = bundle_configs(BUNDLE, "train.json")
+    train_cfg = bundle_configs(BUNDLE, "train.json")
     run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    run_bundle(["verify_net_in_out", "presence_network", "--meta_file", meta, "--config_file", train, "--n", "4"]
+    run_bundle(["verify_net_in_out", "presence_network", "--meta_file", meta, "--config_file", train_cfg, "--n", "4"]
                + overrides(**TINY), env=demo_env)
     ts = tmp_path / "global.ts"
     run_bundle(
         ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train]
+         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train_cfg]
         + overrides(**TINY),
         env=demo_env,
     )

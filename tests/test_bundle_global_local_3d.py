@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_utils import REPO_ROOT, bundle_configs, overrides, run_bundle
+from bundle_utils import REPO_ROOT, bundle_configs, demo_datalist, overrides, run_bundle, train
 from torch import nn
 
-from custom_monai.data import DEMO_VERSION, read_markups, read_verse_centroids
+from custom_monai.data import read_markups, read_verse_centroids
 
 BUNDLE = "global_local_fcnn_3d"
 TINY = dict(
@@ -40,19 +40,9 @@ TINY = dict(
 
 
 @pytest.fixture(scope="module")
-def demo_env(tmp_path_factory):
-    return {"CUSTOM_MONAI_CACHE": str(tmp_path_factory.mktemp("demo_cache"))}
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_env):
     root = tmp_path_factory.mktemp("noothout3d")
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(root / "models"), log_dir=str(root / "logs"), **TINY),
-        env=demo_env,
-    )
-    return root, proc.stdout + proc.stderr
+    return root, train(BUNDLE, root, demo_env, max_epochs=1, **TINY)
 
 
 def _itk_index(path: Path, world_lps: np.ndarray) -> np.ndarray:
@@ -103,7 +93,7 @@ def test_evaluate_writes_metrics_and_world_coordinates(trained, tmp_path, demo_e
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 4 and metrics["n_points"] == 4 * 6 and metrics["mre_mm"] is not None
-    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_3d_v{DEMO_VERSION}" / "images"
+    images = demo_datalist(demo_env, "3d").parent / "images"
     _check_prediction_files(out, images / "test_000.nii.gz", 6)
 
 
@@ -112,7 +102,7 @@ def test_inference_on_folder_nifti_and_mha(trained, tmp_path, demo_env):
     import itk
 
     root, _ = trained
-    images = Path(demo_env["CUSTOM_MONAI_CACHE"]) / f"demo_3d_v{DEMO_VERSION}" / "images"
+    images = demo_datalist(demo_env, "3d").parent / "images"
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(images / "test_000.nii.gz", inp / "test_000.nii.gz")
@@ -132,14 +122,14 @@ def test_inference_on_folder_nifti_and_mha(trained, tmp_path, demo_env):
 def test_metadata_network_and_export(trained, tmp_path, demo_env):
     root, _ = trained
     meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    train = bundle_configs(BUNDLE, "train.json")
+    train_cfg = bundle_configs(BUNDLE, "train.json")
     run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    run_bundle(["verify_net_in_out", "presence_network", "--meta_file", meta, "--config_file", train, "--n", "4"]
+    run_bundle(["verify_net_in_out", "presence_network", "--meta_file", meta, "--config_file", train_cfg, "--n", "4"]
                + overrides(**TINY), env=demo_env)
     ts = tmp_path / "global.ts"
     run_bundle(
         ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train] + overrides(**TINY),
+         "--key_in_ckpt", "global", "--meta_file", meta, "--config_file", train_cfg] + overrides(**TINY),
         env=demo_env,
     )
     from custom_monai.networks import GlobalFCNN
@@ -157,13 +147,7 @@ def test_metadata_network_and_export(trained, tmp_path, demo_env):
 @pytest.mark.slow
 def test_two_processes_gloo(tmp_path, demo_env):
     """``torchrun --nproc_per_node=2`` with multi_gpu_train.json on CPU (gloo)."""
-    proc = run_bundle(
-        ["run", "training", "--config_file", bundle_configs(BUNDLE, "train.json", "multi_gpu_train.json")]
-        + overrides(max_epochs=1, ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **TINY),
-        env=demo_env,
-        torchrun=2,
-    )
-    log = proc.stdout + proc.stderr
+    log = train(BUNDLE, tmp_path, demo_env, configs=("train.json", "multi_gpu_train.json"), torchrun=2, max_epochs=1, **TINY)
     assert log.count("Epoch[1] Complete") >= 4  # 2 ranks x (global trainer + local trainer)
     assert (tmp_path / "models" / "model.pt").is_file()
     ckpt = torch.load(tmp_path / "models" / "global_checkpoint.pt", map_location="cpu", weights_only=False)

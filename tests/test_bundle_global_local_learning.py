@@ -21,11 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from bundle_utils import bundle_configs, overrides, run_bundle
-
-from custom_monai.data import DEMO_VERSION
+from bundle_utils import bundle_configs, demo_datalist, mean_position_baseline, overrides, run_bundle, train
 
 pytestmark = pytest.mark.slow
 
@@ -66,26 +63,9 @@ LEARN_3D = dict(
 )
 
 
-def mean_position_baseline(datalist: Path, section: str) -> float:
-    """MRE (mm) of predicting the training-set mean landmark positions for every item of ``section``.
-
-    For 3D datalists the points are world millimetres already; 2D pixel points are scaled by the spacing.
-    """
-    dl = json.loads(datalist.read_text())
-    train = np.array([it["landmarks"] for it in dl["training"]], dtype=float)
-    items = dl[section]
-    target = np.array([it["landmarks"] for it in items], dtype=float)
-    scale = 1.0 if dl.get("coordinate_space") == "world" else np.array([it["spacing"] for it in items], dtype=float)[:, None, :]
-    return float(np.linalg.norm((target - train.mean(0)) * scale, axis=-1).mean())
-
-
 def _train_and_evaluate(bundle: str, settings: dict, tmp_path: Path) -> dict:
-    env = {"CUSTOM_MONAI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    run_bundle(
-        ["run", "training", "--config_file", bundle_configs(bundle, "train.json")]
-        + overrides(ckpt_dir=str(tmp_path / "models"), log_dir=str(tmp_path / "logs"), **settings),
-        env=env,
-    )
+    env = {"CUSTOM_MONAI_CACHE": str(tmp_path / "cache")}
+    train(bundle, tmp_path, env, **settings)
     results = {}
     for stage in ("global", "full"):
         out = tmp_path / f"eval_{stage}"
@@ -100,7 +80,7 @@ def _train_and_evaluate(bundle: str, settings: dict, tmp_path: Path) -> dict:
 
 def test_2d_local_refinement_beats_global(tmp_path):
     results = _train_and_evaluate("global_local_fcnn_ceph2d", LEARN_2D, tmp_path)
-    baseline = mean_position_baseline(tmp_path / "cache" / f"demo_2d_v{DEMO_VERSION}" / "datalist.json", "test")
+    baseline = mean_position_baseline(demo_datalist({"CUSTOM_MONAI_CACHE": str(tmp_path / "cache")}, "2d"), "test")
     g, f = results["global"]["mre_mm"], results["full"]["mre_mm"]
     print(f"2D test MRE: global {g:.2f} mm, global+local {f:.2f} mm (SDR 2 mm {results['full']['sdr']['2.0']:.0f} %), baseline {baseline:.2f} mm")
     assert g < 0.85 * baseline
@@ -111,7 +91,7 @@ def test_2d_local_refinement_beats_global(tmp_path):
 
 def test_3d_local_refinement_beats_global(tmp_path):
     results = _train_and_evaluate("global_local_fcnn_3d", LEARN_3D, tmp_path)
-    baseline = mean_position_baseline(tmp_path / "cache" / f"demo_3d_v{DEMO_VERSION}" / "datalist.json", "test")
+    baseline = mean_position_baseline(demo_datalist({"CUSTOM_MONAI_CACHE": str(tmp_path / "cache")}, "3d"), "test")
     g, f = results["global"]["mre_mm"], results["full"]["mre_mm"]
     print(f"3D test MRE: global {g:.2f} mm, global+local {f:.2f} mm, baseline {baseline:.2f} mm")
     assert g < baseline
