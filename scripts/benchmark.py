@@ -35,6 +35,7 @@ VARIANTS = {
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},
     "global_local_fcnn_ceph2d": {"global_local": {}, "global_only": {"predict_stage": "global"}},
+    "global_local_fcnn_3d": {"global_local": {}, "global_only": {"predict_stage": "global"}},
 }
 
 _PHASE = r"""
