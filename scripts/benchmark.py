@@ -130,7 +130,7 @@ def benchmark(
             eval_dir = work / f"eval_{variant}"
             phase = _phase(
                 [str(cfg / "train.json"), str(cfg / "evaluate.json")], "evaluating",
-                {**common, **extra, "output_dir": str(eval_dir), "write_overlays": False},
+                {**common, **extra, "output_dir": str(eval_dir), "write_overlays": False, "eval_section": "validation"},
                 work / f"eval_{variant}.log",
             )
             metrics = json.loads((eval_dir / "metrics.json").read_text())
