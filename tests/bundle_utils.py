@@ -140,3 +140,13 @@ def infer(bundle: str, input_dir: Path, output_dir: Path, ckpt_dir: Path, env: d
         env=env,
     )
     return proc.stdout + proc.stderr
+
+
+def evaluate(bundle: str, output_dir: Path, env: dict, **settings) -> dict:
+    """``run evaluating`` of ``bundle`` (train.json + evaluate.json); returns the written ``metrics.json``."""
+    run_bundle(
+        ["run", "evaluating", "--config_file", bundle_configs(bundle, "train.json", "evaluate.json")]
+        + overrides(output_dir=str(output_dir), **settings),
+        env=env,
+    )
+    return json.loads((Path(output_dir) / "metrics.json").read_text())

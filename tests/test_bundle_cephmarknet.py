@@ -19,6 +19,7 @@ from bundle_utils import (
     bundle_configs,
     corrupt_image_folder,
     demo_datalist,
+    evaluate,
     hamedan_subset,
     infer,
     last_metrics,
@@ -224,9 +225,7 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     common = dict(datalist=str(small), ckpt_dir=str(tmp_path / "models"))
     train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **dict(TINY, batch_size=2))
     out = tmp_path / "eval"
-    run_bundle(["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
-               + overrides(output_dir=str(out), write_overlays=False, **common), env=demo_env)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate(BUNDLE, out, demo_env, write_overlays=False, **common)
     assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
     assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
     first = Path(json.loads(small.read_text())["validation"][0]["image"])
