@@ -218,6 +218,8 @@ def test_ldm_bias_option_starts_at_the_image_centre():
     assert count_parameters(net.ldm) == 512 * 2 * 3 * 6 + 6
     paper = CEPHMarkNet(n_landmarks=3, backbone="resnet18", input_size=(64, 96), head="shared", fusion_channels=16)
     assert paper.ldm.bias is None
+    groups = net.parameter_groups(1e-4)
+    assert groups[1]["lr"] == 1e-4 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(net.parameters()))
 
 
 # ---------------------------------------------------------------- loss

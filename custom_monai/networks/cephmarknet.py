@@ -304,6 +304,11 @@ class CEPHMarkNet(nn.Module):
         lrm_cls = PerLandmarkRefinementHeads if head == "per_landmark" else SharedRefinementHead
         self.lrm = lrm_cls(n_landmarks, 3 * fusion_channels, crop_size)
 
+    def parameter_groups(self, ldm_lr: float) -> list:
+        """Optimizer groups: the LDM at its own learning rate ``ldm_lr``, everything else at the optimizer's."""
+        rest = [p for n, p in self.named_parameters() if not n.startswith("ldm.")]
+        return [{"params": rest}, {"params": list(self.ldm.parameters()), "lr": float(ldm_lr)}]
+
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backbone taps C3, C4, C5 (strides 8, 16, 32)."""
         bb = self.backbone
