@@ -1,9 +1,21 @@
 """Ignite handlers (checkpoints, time budget, validation, reports) and file writers."""
 
-from .checkpoint import BestMetricCheckpoint, ResumableCheckpoint, atomic_torch_save, checkpoint_meta, load_checkpoint, state_dicts
+from .checkpoint import (
+    BestMetricCheckpoint,
+    ResumableCheckpoint,
+    atomic_torch_save,
+    check_settings,
+    load_checkpoint,
+    load_model,
+    save_model,
+    settings_path,
+    state_dicts,
+    trained_settings,
+)
 from .report import LandmarkReportHandler
-from .schedule import EpochAttributeSwitch
+from .schedule import ProgressAttributeSwitch, ProgressLRHandler, lr_factor
 from .time_budget import TimeBudgetHandler
+from .tracking import TrackingExtras, stage_handlers
 from .validation import LandmarkValidationHandler
 from .writers import (
     prediction_record,
@@ -18,14 +30,22 @@ from .writers import (
 
 __all__ = [
     "BestMetricCheckpoint",
-    "EpochAttributeSwitch",
+    "ProgressAttributeSwitch",
+    "ProgressLRHandler",
     "LandmarkReportHandler",
     "LandmarkValidationHandler",
     "ResumableCheckpoint",
     "TimeBudgetHandler",
     "atomic_torch_save",
-    "checkpoint_meta",
+    "check_settings",
     "load_checkpoint",
+    "lr_factor",
+    "load_model",
+    "save_model",
+    "settings_path",
+    "stage_handlers",
+    "trained_settings",
+    "TrackingExtras",
     "prediction_record",
     "read_prediction_json",
     "state_dicts",

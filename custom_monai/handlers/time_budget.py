@@ -1,4 +1,4 @@
-"""Stop training when a wall-clock budget is spent (``max_train_minutes``)."""
+"""Stop training when a wall-clock budget is spent (``max_train_minutes``), and tell schedules how far a stage is."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ class TimeBudgetHandler:
     ``None`` disables the budget. Under ``torchrun`` the decision is all-reduced so that every
     process stops at the same iteration.
 
+    :meth:`progress` is the stage's progress in [0, 1]: the larger of the iterations done out of
+    ``max_epochs`` and the time spent out of the budget, so that schedules written on it
+    (:mod:`custom_monai.handlers.schedule`) run in full whichever of the two ends the stage. The time spent
+    is part of :meth:`state_dict`: put the handler in the resumable checkpoint and a resumed stage keeps
+    its budget and its schedule.
+
     Args:
         max_minutes: the budget in minutes.
         name: logger name.
@@ -29,18 +35,35 @@ class TimeBudgetHandler:
         self.max_seconds = None if not max_minutes or max_minutes <= 0 else float(max_minutes) * 60.0
         self.logger = logging.getLogger(name or __name__)
         self._start: float | None = None
+        self._spent_before = 0.0  # seconds of earlier runs of this stage (resume)
 
     def attach(self, engine: Engine) -> None:
-        if self.max_seconds is None:
-            return
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
+        if self.max_seconds is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
 
     def _started(self, engine: Engine) -> None:
         self._start = time.monotonic()
 
     def elapsed(self) -> float:
-        return 0.0 if self._start is None else time.monotonic() - self._start
+        """Seconds this stage has trained, including runs before a resume."""
+        return self._spent_before + (0.0 if self._start is None else time.monotonic() - self._start)
+
+    def progress(self, engine: Engine) -> float:
+        """Stage progress in [0, 1]: max(iterations done / planned iterations, time spent / budget)."""
+        state = engine.state
+        epoch_length = state.epoch_length or 1
+        by_epochs = state.iteration / max(1, (state.max_epochs or 1) * epoch_length)
+        by_time = self.elapsed() / self.max_seconds if self.max_seconds else 0.0
+        return float(min(1.0, max(by_epochs, by_time)))
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._spent_before = float(state.get("elapsed", 0.0))
+        if self._start is not None:
+            self._start = time.monotonic()
 
     def _over(self) -> bool:
         over = self.max_seconds is not None and self.elapsed() >= self.max_seconds

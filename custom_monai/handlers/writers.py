@@ -3,6 +3,11 @@
 - per image: the prediction JSON of the bundle contract (``<id>.json``) and, for 2D, an overlay PNG;
 - per evaluation: ``metrics.json``, ``predictions.csv`` and a per-landmark error box plot.
 
+2D images whose landmarks are the 19 of ISBI 2015 also get the challenge's cephalometric analysis
+(:mod:`custom_monai.analysis.cephalometric`): ``measurements`` in the prediction JSON, the measurement lines and
+values on the overlay, and, in evaluation, per-measurement MAE and class accuracy in ``metrics.json`` plus
+``measurements.csv``.
+
 ``scripts/score.py`` reads the prediction JSON back with :func:`read_prediction_json`, so any tool that
 writes this format can be scored. Every file is written to a temporary file in the target folder and
 renamed into place (``os.replace``), so a reader never sees a half-written file.
@@ -25,19 +30,30 @@ from typing import Any
 
 import numpy as np
 
+from custom_monai.analysis.cephalometric import (
+    ISBI_SYMBOLS,
+    MEASUREMENTS,
+    MeasurementAccumulator,
+    cephalometric_measurements,
+    is_isbi_landmark_set,
+    landmark_roles,
+)
 from custom_monai.atomic import atomic_write
-
+from custom_monai.data.readers import ISBI_LANDMARK_NAMES
 from custom_monai.metrics.landmark_metrics import LandmarkErrorAccumulator
 
 __all__ = [
     "METRICS_JSON",
     "PREDICTIONS_CSV",
     "BOXPLOT_PNG",
+    "MEASUREMENTS_CSV",
     "image_id",
+    "measurements_for",
     "prediction_record",
     "write_prediction_json",
     "read_prediction_json",
     "write_predictions_csv",
+    "write_measurements_csv",
     "write_overlay_png",
     "write_boxplot",
     "write_metrics_json",
@@ -48,6 +64,7 @@ __all__ = [
 METRICS_JSON = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 BOXPLOT_PNG = "errors_boxplot.png"
+MEASUREMENTS_CSV = "measurements.csv"
 
 #: extensions of more than one part, stripped whole by :func:`image_id`
 _MULTI_SUFFIXES = (".nii.gz", ".mrk.json", ".fcsv.json", ".seg.nrrd", ".tar.gz")
@@ -113,6 +130,13 @@ def _write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: f.write(text))
 
 
+def measurements_for(points: Any, landmark_names: Sequence[str], spacing: Any = None) -> dict[str, dict] | None:
+    """The cephalometric measurements of 2D ISBI-19 landmarks (see :func:`cephalometric_measurements`), else ``None``."""
+    if np.shape(points)[-1] != 2 or not is_isbi_landmark_set(landmark_names):
+        return None
+    return cephalometric_measurements(points, landmark_names, spacing)
+
+
 def prediction_record(
     image_path: str | os.PathLike,
     spacing: Any,
@@ -121,6 +145,7 @@ def prediction_record(
     confidence: Any = None,
     world_points: Any = None,
     extra: Mapping[str, Any] | None = None,
+    analysis: bool = True,
 ) -> dict[str, Any]:
     """The prediction dictionary of the bundle contract for one image.
 
@@ -132,9 +157,11 @@ def prediction_record(
         confidence: (N,) per-landmark confidence or ``None``.
         world_points: 3D only, (N, 3) points in world millimetres (ITK/LPS), stored as ``"world"``.
         extra: more top-level fields (e.g. ``"method"``, ``"time_s"``); cannot override the contract keys.
+        analysis: add ``"measurements"`` (:func:`measurements_for`) when the points are 2D ISBI-19 landmarks.
 
     Returns:
-        ``{"image", "spacing", "landmarks": [{"index", "name", "x", "y", ["z"], "confidence", ["world"]}], ...}``
+        ``{"image", "spacing", "landmarks": [{"index", "name", "x", "y", ["z"], "confidence", ["world"]}],
+        ["measurements": {"ANB": {"value", "unit", "class", "class_name", ["reason"]}, ...}], ...}``
     """
     pts = _points(points, "points")
     n, d = pts.shape
@@ -168,6 +195,9 @@ def prediction_record(
             lm["world"] = {_AXES[a]: (float(world[i, a]) if ok else None) for a in range(3)}
         landmarks.append(lm)
     record: dict[str, Any] = {"image": os.fspath(image_path), "spacing": sp, "landmarks": landmarks}
+    measurements = measurements_for(pts, names, sp) if analysis else None
+    if measurements is not None:
+        record["measurements"] = measurements
     if extra:
         clash = set(extra) & set(record)
         if clash:
@@ -237,19 +267,35 @@ def write_predictions_csv(path: str | os.PathLike, records: Sequence[Mapping[str
     cols = ["id", "index", "name"]
     cols += [f"pred_{a}" for a in _AXES[:dims]] + [f"gt_{a}" for a in _AXES[:dims]]
     cols += ["error_px", "error_mm", "status"]
+    return _write_csv(path, cols, records)
 
-    def cell(v: Any) -> Any:
-        if isinstance(v, (float, np.floating)):
-            if math.isnan(v):
-                return ""
-            return "inf" if math.isinf(v) else repr(float(v))
-        return v
 
+def write_measurements_csv(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> Path:
+    """One row per (image, measurement), from :meth:`MeasurementAccumulator.records`; empty cell = ``None``.
+
+    Columns: ``id, measurement, unit, pred_value, gt_value, abs_error, pred_class, gt_class``.
+    """
+    cols = ["id", "measurement", "unit", "pred_value", "gt_value", "abs_error", "pred_class", "gt_class"]
+    return _write_csv(path, cols, records)
+
+
+def _csv_cell(v: Any) -> Any:
+    """CSV text of a value: empty for NaN/None, ``inf`` for infinities, full-precision floats."""
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return ""
+        return "inf" if math.isinf(v) else repr(float(v))
+    return v
+
+
+def _write_csv(path: str | os.PathLike, cols: Sequence[str], records: Sequence[Mapping[str, Any]]) -> Path:
     def write(f: Any) -> None:
         w = csv.writer(f)
         w.writerow(cols)
         for r in records:
-            w.writerow([cell(r.get(c, float("nan"))) for c in cols])
+            w.writerow([_csv_cell(r.get(c, float("nan"))) for c in cols])
 
     return atomic_write(path, write)
 
@@ -283,8 +329,14 @@ def write_overlay_png(
     gt_points: Any = None,
     names: Sequence[str] | None = None,
     max_size: int = 1024,
+    measurements: Mapping[str, Mapping[str, Any]] | None = None,
+    gt_measurements: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Draw predictions (red crosses, 1-based numbers), ground truth (green dots) and gt->pred lines (yellow).
+
+    With ``measurements`` (from :func:`measurements_for` on the original-frame points) and ``names``, the
+    cephalometric analysis is drawn too: the lines the measurements are built on (cyan, between predicted
+    points) and a bottom-left panel with each value and class (green = class 1, normal; orange = other).
 
     Args:
         path: output PNG.
@@ -294,6 +346,8 @@ def write_overlay_png(
         gt_points: optional (N, 2) ground truth.
         names: optional N names, listed as a ``number name`` legend in the top-left corner.
         max_size: the longest side of the written file; larger images are downscaled (points with them).
+        measurements: the predicted points' measurements, ``None`` for no analysis.
+        gt_measurements: the ground truth's, shown beside them in the panel.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -328,6 +382,12 @@ def write_overlay_png(
 
     ok_pred = np.all(np.isfinite(pred), axis=1)
     ok_gt = np.zeros(len(pred), bool) if gt is None else np.all(np.isfinite(gt), axis=1)
+    if measurements and names is not None:
+        index = {sym: landmark_roles(names).get(role) for sym, role in zip(ISBI_SYMBOLS, ISBI_LANDMARK_NAMES)}
+        for a, b in dict.fromkeys(seg for m in MEASUREMENTS for seg in m.lines):  # each segment once
+            i, j = index[a], index[b]
+            if i is not None and j is not None and ok_pred[i] and ok_pred[j]:
+                draw.line([xy(pred[i]), xy(pred[j])], fill=(0, 200, 255), width=lw)
     for i in range(len(pred)):
         if ok_pred[i] and ok_gt[i]:
             draw.line([xy(gt[i]), xy(pred[i])], fill=(255, 220, 0), width=lw)
@@ -345,9 +405,45 @@ def write_overlay_png(
         line_h = draw.textbbox((0, 0), "Ag", font=small)[3] + 2
         for i, name in enumerate(names):
             draw.text((4, 4 + i * line_h), f"{i + 1} {name}", fill=(255, 255, 255), font=small, **outline)
+    if measurements:
+        _draw_measurement_panel(draw, img.size, measurements, gt_measurements, small)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # a preview: fast encoding beats a few % of file size
     return atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
+
+
+def _measurement_text(entry: Mapping[str, Any] | None) -> str:
+    """``"4.2 deg  1 Class I (normal)"``, or ``"n/a (reason)"``."""
+    if not entry or entry.get("value") is None:
+        return "n/a" + (f" ({entry['reason']})" if entry and entry.get("reason") else "")
+    unit = entry.get("unit")
+    value = f"{entry['value']:.2f}" if unit == "ratio" else f"{entry['value']:.1f} {unit}"
+    return f"{value}  {entry['class']} {entry['class_name']}"
+
+
+def _draw_measurement_panel(
+    draw: Any,
+    size: tuple[int, int],
+    measurements: Mapping[str, Mapping[str, Any]],
+    gt_measurements: Mapping[str, Mapping[str, Any]] | None,
+    font: Any,
+) -> None:
+    """The analysis panel in the bottom-left corner: one line per measurement, coloured by class."""
+    title = "ISBI 2015 analysis (predicted" + (" | ground truth)" if gt_measurements else ")")
+    rows: list[tuple[str, tuple[int, int, int]]] = [(title, (255, 255, 255))]
+    for m in MEASUREMENTS:
+        entry = measurements.get(m.key)
+        text = f"{m.key:<5} {_measurement_text(entry)}"
+        if gt_measurements:
+            text += f"  |  {_measurement_text(gt_measurements.get(m.key))}"
+        cls = entry.get("class") if entry else None
+        rows.append((text, (170, 170, 170) if cls is None else (90, 230, 90) if cls == 1 else (255, 170, 40)))
+    line_h = draw.textbbox((0, 0), "Ag", font=font)[3] + 3
+    width = max(draw.textbbox((0, 0), t, font=font)[2] for t, _ in rows) + 12
+    top = size[1] - 6 - line_h * len(rows) - 6
+    draw.rectangle([2, top, 2 + width, size[1] - 3], fill=(0, 0, 0))
+    for k, (text, colour) in enumerate(rows):
+        draw.text((8, top + 5 + k * line_h), text, fill=colour, font=font)
 
 
 def write_boxplot(
@@ -403,11 +499,15 @@ def write_evaluation_report(
     accumulator: LandmarkErrorAccumulator,
     extra: Mapping[str, Any] | None = None,
     metrics_name: str = METRICS_JSON,
+    measurements: MeasurementAccumulator | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``predictions.csv`` and the box plot for an accumulator; return the summary.
 
     ``extra`` fields (e.g. ``missing_predictions``, ``spacing_note``) are added to the summary. The box plot
     is in mm when every image has mm errors, else in pixels. The paths are under ``summary["files"]``.
+    With a non-empty ``measurements`` accumulator (fed the same images), the summary gains the
+    ``measurements`` block (per-measurement MAE and class accuracy, :meth:`MeasurementAccumulator.summary`)
+    and ``measurements.csv`` is written.
     """
     out_dir = Path(out_dir)
     summary = accumulator.summary()
@@ -420,5 +520,10 @@ def write_evaluation_report(
     csv_path = write_predictions_csv(out_dir / PREDICTIONS_CSV, accumulator.records())
     box_path = write_boxplot(out_dir / BOXPLOT_PNG, errors, accumulator.landmark_names, unit=unit)
     summary["files"] = {"predictions_csv": csv_path.name, "boxplot": box_path.name}
+    if measurements is not None and len(measurements):
+        summary["measurements"] = measurements.summary()
+        summary["files"]["measurements_csv"] = write_measurements_csv(
+            out_dir / MEASUREMENTS_CSV, measurements.records()
+        ).name
     write_metrics_json(out_dir / metrics_name, summary)
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from monai.inferers import Inferer
 
 from custom_monai.transforms.landmarks import to_original
 
@@ -54,8 +55,11 @@ def clip_to_image(points: torch.Tensor, image: Any) -> torch.Tensor:
     return torch.maximum(torch.minimum(points, upper), torch.full_like(points, -0.5))
 
 
-class LandmarkPredictor:
+class LandmarkPredictor(Inferer):
     """Interface: ``__call__(batch, device) -> (points (B, N, D) original frame, confidence (B, N))``.
+
+    A MONAI ``Inferer`` (the bundles' ``inferer`` id): it runs every stage of a method on the networks it
+    was built with, given the whole batch dictionary (a method may need more than the image tensor).
 
     Subclasses implement :meth:`predict_grid`, returning points on the grid of ``batch[ref_key]``
     for the key they name; :meth:`__call__` maps them to the original image frame.

@@ -1,12 +1,19 @@
 """Networks, one module per method (plain ``nn.Module``s with typed constructors)."""
 
 from .attention_unet import LandmarkUNet
+from .dcelr import DCeLR, ViTBlock
 from .cephmarknet import CEPHMarkNet, PerLandmarkRefinementHeads, SemanticFusionBlock, SharedRefinementHead, count_parameters, crop_and_resize
-from .global_local_fcnn import GlobalFCNN, LocalFCNN
+from .global_local_fcnn import GlobalFCNN, GlobalToLocalFCNN, LocalFCNN
+from .htc import HTCBackbone, HTCLandmarkNet
 
 __all__ = [
     "CEPHMarkNet",
+    "DCeLR",
+    "ViTBlock",
     "GlobalFCNN",
+    "GlobalToLocalFCNN",
+    "HTCBackbone",
+    "HTCLandmarkNet",
     "LandmarkUNet",
     "LocalFCNN",
     "PerLandmarkRefinementHeads",

@@ -24,7 +24,7 @@ from torch import nn
 
 from custom_monai.transforms.cell_targets import cell_centers as _cell_centers
 
-__all__ = ["GlobalFCNN", "LocalFCNN"]
+__all__ = ["GlobalFCNN", "GlobalToLocalFCNN", "LocalFCNN"]
 
 
 class _PaddedConv(nn.Module):
@@ -272,3 +272,66 @@ class LocalFCNN(nn.Module):
         disp = self.reg_head(feat)
         grid = list(feat.shape[2:])
         return logits.reshape([b, n] + grid), disp.reshape([b, n, self.spatial_dims] + grid)
+
+
+class GlobalToLocalFCNN(nn.Module):
+    """The whole method of Noothout et al.: the global FCNN and the local FCNN as one module.
+
+    One module per bundle is what MONAI's tools expect (``network_def``, a single ``model.pt`` state dict,
+    ``ckpt_export``, MONAI Label). The stages stay separate submodules, trained one after the other:
+    ``global_net`` (:class:`GlobalFCNN`) on the downscaled image and ``local_net`` (:class:`LocalFCNN`) on
+    patches around the global estimates; :class:`custom_monai.inferers.GlobalLocalPredictor` runs both.
+
+    ``forward(x)`` runs the global stage on an image ``(B, C, *spatial)`` (spatial a multiple of
+    ``cell_size``) and returns one tensor ``(B, N * (1 + D), *grid)``: the N presence logits followed by the
+    N x D displacements (landmark-major), so that tools that check a single output can.
+
+    Args:
+        spatial_dims: 2 or 3.
+        n_landmarks: number of landmarks N.
+        in_channels: image channels.
+        global_*: :class:`GlobalFCNN` arguments.
+        local_*: :class:`LocalFCNN` arguments (``local_shared``: one local net for all landmarks).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        n_landmarks: int = 19,
+        in_channels: int = 1,
+        global_channels: Sequence[int] = (32, 64, 128, 256),
+        global_blocks: Sequence[int] = (3, 4, 6, 3),
+        global_stem_channels: int = 16,
+        global_head_channels: int = 256,
+        global_stage_pools: Sequence[bool] | None = None,
+        global_downsample: str = "avg",
+        local_shared: bool = False,
+        local_channels: Sequence[int] = (32, 64),
+        local_head_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        self.global_net = GlobalFCNN(
+            spatial_dims=spatial_dims,
+            n_landmarks=n_landmarks,
+            in_channels=in_channels,
+            channels=global_channels,
+            blocks=global_blocks,
+            stem_channels=global_stem_channels,
+            head_channels=global_head_channels,
+            stage_pools=global_stage_pools,
+            downsample=global_downsample,
+        )
+        self.local_net = LocalFCNN(
+            spatial_dims=spatial_dims,
+            n_landmarks=n_landmarks,
+            in_channels=in_channels,
+            shared=local_shared,
+            channels=local_channels,
+            head_channels=local_head_channels,
+        )
+        self.cell_size: int = self.global_net.cell_size
+        self.local_cell_size: int = self.local_net.cell_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, disp = self.global_net(x)
+        return torch.cat([logits, disp.flatten(1, 2)], dim=1)
