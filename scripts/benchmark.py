@@ -1,19 +1,34 @@
 """Benchmark bundles on one real split under the same CPU time budget; write one results table.
 
-For each bundle: train (``run training`` with ``--max_train_minutes``), evaluate on the datalist's
-validation section (plus the bundle's ablation variants), then time inference file -> JSON on those
-images and compare it with the networks' bare forward time. Peak memory (max RSS) is measured per
-phase in a fresh process. Results go to ``OUT/results.json`` and ``OUT/results.md``.
+Protocol: every bundle selects ``model.pt`` on the datalist's ``validation`` section (best validation MRE);
+the benchmark reports on another section, ``test`` by default (``--section``), which no model selection saw,
+and refuses to report on ``validation``. For each bundle: train (``run training`` with
+``--max_train_minutes``), evaluate on the reported section (``eval_section``; plus the bundle's ablation
+variants), then time inference file -> JSON on those images, compare it with the networks' bare forward time,
+and score those prediction files (``scripts/score.py``) against each single annotator when the datalist
+carries two (``"annotators"`` in its items). Peak memory (max RSS) is measured per phase in a fresh process.
+
+Human reference rows (datalists with two annotators A and B, on the reported section, over the landmarks that
+both placed): A vs B; A vs their mean; B vs their mean (each exactly half of A vs B, pair by pair); and the
+expected error of an independent third annotator vs the mean of A and B, sqrt(3/4) x (A vs B). The last one
+is the row to compare a model with when the ground truth is the mean of the two annotators.
+
+Results go to ``OUT/results.json`` and ``OUT/results.md`` (main table, human rows, scores against each
+annotator, per-landmark MRE).
 
 Usage::
 
     python scripts/prepare_data.py hamedan --root ../shared/data/hamedan_ceph --out data/hamedan.json
     python scripts/benchmark.py --datalist data/hamedan.json --minutes 30 --out bench/ --bundles attention_unet_ceph2d
+    python scripts/benchmark.py --datalist data/hamedan.json --out bench/ --skip_training --human_only
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
+import math
 import os
 import resource
 import shutil
@@ -23,8 +38,31 @@ import time
 from pathlib import Path
 
 import fire
+import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as ``python scripts/benchmark.py`` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from custom_monai.data.datalist import SECTIONS, image_id, load_datalist  # noqa: E402
+from custom_monai.data.errors import DatalistError  # noqa: E402
+from custom_monai.metrics.landmark_metrics import LandmarkErrorAccumulator, summarize_errors  # noqa: E402
+
+#: the section on which every bundle selects ``model.pt`` (best validation MRE): never reported on
+SELECTION_SECTION = "validation"
+#: key of the datalist's own ground truth (usually the annotators' mean) in :func:`score_against_annotators`
+GROUND_TRUTH = "ground truth"
+#: expected error of an independent third annotator vs the mean of two, relative to annotator-vs-annotator
+THIRD_ANNOTATOR_FACTOR = math.sqrt(3.0 / 4.0)
+HUMAN_FOOTNOTE = (
+    "Human rows: over the landmarks that both annotators placed. Each annotator is exactly half the "
+    "annotator-vs-annotator distance from their mean. 'third annotator (expected)' = sqrt(3/4) x (A vs B) "
+    "(≈ 0.87 x), assuming the annotators' errors are independent and identically distributed (then "
+    "E|C - (A+B)/2|^2 = 3/4 E|A - B|^2: exact for the root-mean-square error, approximate for the MRE; the "
+    "SD, median and SDR columns of that row also assume isotropic Gaussian errors, under which the whole "
+    "error distribution scales by sqrt(3/4)). That row, not A vs B, is the human figure to compare a model "
+    "with when the ground truth is the mean of the two annotators."
+)
 
 #: evaluation variants per bundle: name -> config overrides (the papers' ablation rows)
 VARIANTS = {
@@ -83,6 +121,137 @@ def _count_parameters(ckpt: Path) -> dict:
     return {k: int(sum(v.numel() for v in sd.values())) for k, sd in data.items() if k != "_meta" and isinstance(sd, dict)}
 
 
+def check_report_section(datalist: dict, section: str, path: str | os.PathLike | None = None) -> list:
+    """The items of ``section``, or a clear error when it must not or cannot be reported on.
+
+    ``validation`` is refused: the bundles select ``model.pt`` on it, so a figure measured there is optimistic
+    by construction. An empty or absent section is refused too (write one with ``scripts/prepare_data.py``).
+    """
+    where = f"{path}: " if path else ""
+    if section == SELECTION_SECTION:
+        raise ValueError(
+            f"{where}refusing to report on '{SELECTION_SECTION}': the bundles select model.pt on it (best "
+            f"validation MRE), so its figures are optimistic by construction. Report on 'test' (a section no "
+            "model selection saw; scripts/prepare_data.py writes one, e.g. --test_fraction 0.2)."
+        )
+    if section not in SECTIONS:
+        raise ValueError(f"{where}unknown section {section!r}; expected one of {[s for s in SECTIONS if s != SELECTION_SECTION]}")
+    items = datalist.get(section) or []
+    if not items:
+        raise ValueError(
+            f"{where}the datalist has no '{section}' items: write a three-way split with scripts/prepare_data.py "
+            "(e.g. --val_fraction 0.2 --test_fraction 0.2), or choose another --section"
+        )
+    return items
+
+
+def _load_score_module():
+    spec = importlib.util.spec_from_file_location("score_script", REPO_ROOT / "scripts" / "score.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _annotator_names(items: list) -> list[str] | None:
+    """The two annotators' names when every item of the section carries the same two, else ``None``."""
+    names = None
+    for it in items:
+        ann = it.get("annotators")
+        if not isinstance(ann, dict) or len(ann) != 2:
+            return None
+        if names is None:
+            names = list(ann)
+        elif set(ann) != set(names):
+            return None
+    return names
+
+
+def human_reference(datalist: str | os.PathLike, section: str = "test") -> dict | None:
+    """Human reference rows on ``section`` of a datalist whose items carry two annotators, else ``None``.
+
+    Returns ``{"annotators": [A, B], "section", "n_images", "rows": {label: metrics summary}}`` with the rows
+    ``"A vs B"``, ``"A vs mean"``, ``"B vs mean"`` and ``"third annotator vs mean (expected)"``, each the
+    :func:`~custom_monai.metrics.summarize_errors` dictionary (MRE/SD/median in mm and px, SDR, per landmark),
+    computed over the (image, landmark) pairs that both annotators placed. The third-annotator row is the
+    A-vs-B errors times sqrt(3/4) (see ``HUMAN_FOOTNOTE`` for the assumption).
+    """
+    dl = load_datalist(datalist)
+    items = dl.get(section) or []
+    names = _annotator_names(items)
+    if not items or names is None:
+        return None
+    a, b = names
+    world = dl["coordinate_space"] == "world"
+    landmark_names = dl["landmark_names"]
+    accs = {k: LandmarkErrorAccumulator(landmark_names) for k in (f"{a} vs {b}", f"{a} vs mean", f"{b} vs mean")}
+    for it in items:
+        pa = np.asarray(it["annotators"][a], dtype=np.float64)
+        pb = np.asarray(it["annotators"][b], dtype=np.float64)
+        if pa.shape != pb.shape:  # one annotator has no point at all in this item (all-missing rows of width 1)
+            d = max(pa.shape[1], pb.shape[1])
+            pa = pa if pa.shape[1] == d else np.full((len(pa), d), np.nan)
+            pb = pb if pb.shape[1] == d else np.full((len(pb), d), np.nan)
+        both = np.all(np.isfinite(pa), axis=1) & np.all(np.isfinite(pb), axis=1)
+        pa = np.where(both[:, None], pa, np.nan)
+        pb = np.where(both[:, None], pb, np.nan)
+        mean = (pa + pb) / 2.0
+        iid = image_id(it["image"])
+        sp = None if world else it.get("spacing")
+        for acc, (pred, gt) in zip(accs.values(), ((pa, pb), (pa, mean), (pb, mean))):
+            acc.add(iid, pred, gt, sp, world=world)
+    rows = {k: acc.summary() for k, acc in accs.items()}
+    ab = accs[f"{a} vs {b}"]
+    f = THIRD_ANNOTATOR_FACTOR
+    emm, epx = ab.errors_mm, ab.errors_px
+    rows["third annotator vs mean (expected)"] = summarize_errors(
+        None if emm is None else emm * f, None if epx is None else epx * f, landmark_names
+    )
+    return {"annotators": [a, b], "section": section, "n_images": len(items), "rows": rows}
+
+
+def score_against_annotators(
+    datalist: str | os.PathLike, section: str, predictions: str | os.PathLike, out_dir: str | os.PathLike
+) -> dict:
+    """Score prediction JSONs (``scripts/score.py``'s format) against each single annotator of ``section``.
+
+    For each annotator a datalist whose ``landmarks`` are that annotator's points is written to
+    ``out_dir/vs_<annotator>/datalist.json`` and scored with ``scripts/score.py``'s :func:`score` (the same
+    metric code as every evaluation); the datalist's own ground truth is scored too, under ``GROUND_TRUTH``.
+    Returns ``{GROUND_TRUTH: summary, annotator: summary, ...}`` (empty without two annotators).
+    """
+    dl = load_datalist(datalist)
+    items = dl.get(section) or []
+    names = _annotator_names(items)
+    if not items or names is None:
+        return {}
+    score = _load_score_module().score
+    gt_dir = Path(out_dir) / "vs_ground_truth"
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    out = {GROUND_TRUTH: score(str(datalist), section, str(predictions), str(gt_dir / "metrics.json"), quiet=True)}
+    for who in names:
+        folder = Path(out_dir) / f"vs_{who}"
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = {k: v for k, v in dl.items() if k not in SECTIONS and k != "warnings"}
+        doc[section] = [
+            {
+                **{k: v for k, v in it.items() if k not in ("landmarks", "annotators")},
+                "landmarks": [None if not all(map(math.isfinite, r)) else r for r in it["annotators"][who]],
+            }
+            for it in items
+        ]
+        (folder / "datalist.json").write_text(json.dumps(doc, allow_nan=False))
+        out[who] = score(str(folder / "datalist.json"), section, str(predictions), str(folder / "metrics.json"), quiet=True)
+    return out
+
+
+def _metric_row(metrics: dict) -> dict:
+    row = {k: metrics.get(k) for k in ("n_images", "n_points", "mre_px", "sd_px", "mre_mm", "sd_mm", "median_mm", "sdr", "n_not_found")}
+    row["per_landmark"] = [
+        {"name": p.get("name"), "mre_mm": p.get("mre_mm"), "mre_px": p.get("mre_px")} for p in metrics.get("per_landmark") or []
+    ]
+    return row
+
+
 def benchmark(
     datalist: str,
     out: str = "bench",
@@ -91,25 +260,42 @@ def benchmark(
     max_epochs: int = 100000,
     overrides: dict | None = None,
     skip_training: bool = False,
+    section: str = "test",
+    human_only: bool = False,
 ) -> dict:
     """Train, evaluate and time each bundle; see the module docstring.
 
     Args:
-        datalist: datalist JSON (its validation section is the benchmark's evaluation set).
+        datalist: datalist JSON; bundles select ``model.pt`` on its ``validation`` section.
         out: output folder.
         minutes: training budget per bundle (``max_train_minutes``).
         bundles: bundle names (comma-separated string or list).
         max_epochs: upper bound on epochs (the time budget normally ends training first).
         overrides: extra config overrides for every bundle, e.g. ``{"features": [32, 64, 128, 256, 512, 32]}``.
         skip_training: reuse ``OUT/<bundle>/models`` from an earlier run.
+        section: the section reported on (default ``test``); ``validation`` is refused (model selection).
+        human_only: only the human reference rows (no bundle is run).
     """
-    bundles = [b.strip() for b in bundles.split(",")] if isinstance(bundles, str) else list(bundles)
+    bundles = [] if human_only else ([b.strip() for b in bundles.split(",") if b.strip()] if isinstance(bundles, str) else list(bundles))
+    datalist = str(Path(datalist).resolve())
+    try:
+        dl = load_datalist(datalist)
+    except DatalistError as e:
+        raise ValueError(str(e)) from e
+    items = check_report_section(dl, section, datalist)
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    datalist = str(Path(datalist).resolve())
-    dl = json.loads(Path(datalist).read_text())
-    val = dl.get("validation") or []
-    results = {"datalist": datalist, "minutes": minutes, "n_validation": len(val), "bundles": {}}
+    human = human_reference(datalist, section)
+    results = {
+        "datalist": datalist,
+        "minutes": minutes,
+        "section": section,
+        "n_section": len(items),
+        "selection_section": SELECTION_SECTION,
+        "n_validation": len(dl.get(SELECTION_SECTION) or []),
+        "human": human,
+        "bundles": {},
+    }
     for name in bundles:
         cfg = REPO_ROOT / "bundles" / name / "configs"
         work = out_dir / name
@@ -117,7 +303,7 @@ def benchmark(
         common = {"datalist": datalist, "ckpt_dir": str(work / "models"), **(overrides or {})}
         row: dict = {}
         if not skip_training:
-            print(f"[{name}] training for {minutes} min ...", flush=True)
+            print(f"[{name}] training for {minutes} min (model.pt selected on '{SELECTION_SECTION}') ...", flush=True)
             row["train"] = _phase(
                 str(cfg / "train.json"), "training",
                 {**common, "max_train_minutes": minutes, "max_epochs": max_epochs, "log_dir": str(work / "logs")},
@@ -126,41 +312,44 @@ def benchmark(
         row["parameters"] = _count_parameters(work / "models" / "model.pt")
         row["variants"] = {}
         for variant, extra in VARIANTS.get(name, {"default": {}}).items():
-            print(f"[{name}] evaluating {variant} ...", flush=True)
+            print(f"[{name}] evaluating {variant} on '{section}' ...", flush=True)
             eval_dir = work / f"eval_{variant}"
             phase = _phase(
                 [str(cfg / "train.json"), str(cfg / "evaluate.json")], "evaluating",
-                {**common, **extra, "output_dir": str(eval_dir), "write_overlays": False, "eval_section": "validation"},
+                {**common, **extra, "output_dir": str(eval_dir), "write_overlays": False, "eval_section": section},
                 work / f"eval_{variant}.log",
             )
             metrics = json.loads((eval_dir / "metrics.json").read_text())
-            row["variants"][variant] = {
-                k: metrics.get(k) for k in ("n_images", "mre_px", "sd_px", "mre_mm", "sd_mm", "median_mm", "sdr", "n_not_found")
-            } | {"eval_run_s": phase["run_s"]}
-        # inference file -> JSON on the validation images, with the networks' forward time
+            row["variants"][variant] = _metric_row(metrics) | {"eval_run_s": phase["run_s"]}
+        # inference file -> JSON on the reported section's images, with the networks' forward time
         images = work / "infer_in"
         shutil.rmtree(images, ignore_errors=True)
         images.mkdir()
-        base = Path(datalist).parent
-        for item in val:
-            src = Path(item["image"]) if Path(item["image"]).is_absolute() else base / item["image"]
+        for item in items:
+            src = Path(item["image"])  # absolute (load_datalist)
             os.symlink(src, images / src.name)
-        print(f"[{name}] timing inference on {len(val)} images ...", flush=True)
+        print(f"[{name}] timing inference on {len(items)} images ...", flush=True)
+        infer_out = work / "infer_out"
         inf = _phase(
             str(cfg / "inference.json"), "inference",
-            {"input_dir": str(images), "output_dir": str(work / "infer_out"), "ckpt_dir": str(work / "models"), "write_overlays": False},
+            {"input_dir": str(images), "output_dir": str(infer_out), "ckpt_dir": str(work / "models"), "write_overlays": False},
             work / "inference.log",
             time_forward=True,
         )
-        n = max(len(val), 1)
+        n = max(len(items), 1)
         row["inference"] = {
             "seconds_per_image": inf["run_s"] / n,
             "forward_seconds_per_image": inf.get("forward_s", float("nan")) / n,
             "overhead_ratio": inf["run_s"] / inf["forward_s"] if inf.get("forward_s") else None,
             "max_rss_mb": inf["max_rss_mb"],
         }
+        # the inference output (default variant) scored against each single annotator
+        row["vs_annotators"] = {
+            who: _metric_row(m) for who, m in score_against_annotators(datalist, section, infer_out, work / "scores").items()
+        }
         results["bundles"][name] = row
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     _write_table(results, out_dir / "results.md")
     print((out_dir / "results.md").read_text())
     return results
@@ -170,9 +359,25 @@ def _fmt(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+def _sdr_cell(m: dict) -> str:
+    sdr = m.get("sdr") or {}
+    return " / ".join(_fmt(sdr.get(k), 1) for k in ("2.0", "2.5", "3.0", "4.0"))
+
+
+def _mre_cell(m: dict) -> str:
+    """``MRE mm (SD)``, or ``MRE px (SD) px`` when there is no spacing."""
+    if m.get("mre_mm") is not None:
+        return f"{_fmt(m['mre_mm'])} ({_fmt(m.get('sd_mm'))})"
+    return f"{_fmt(m.get('mre_px'))} px ({_fmt(m.get('sd_px'))})"
+
+
 def _write_table(results: dict, path: Path) -> None:
+    section = results.get("section", "validation")
+    human = results.get("human")
     lines = [
-        f"Datalist `{Path(results['datalist']).name}`, validation n = {results['n_validation']}, training budget {results['minutes']} min (CPU).",
+        f"Datalist `{Path(results['datalist']).name}`: reported on `{section}` (n = {results.get('n_section', '?')}), "
+        f"model.pt selected on `{results.get('selection_section', 'validation')}` (n = {results['n_validation']}), "
+        f"training budget {results['minutes']} min (CPU).",
         "",
         "| bundle | variant | MRE px | MRE mm (SD) | SDR 2 / 2.5 / 3 / 4 mm % | params | infer s/img (forward) | train peak MB | infer peak MB |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -182,14 +387,66 @@ def _write_table(results: dict, path: Path) -> None:
         inf = row["inference"]
         train_mb = row.get("train", {}).get("max_rss_mb")
         for variant, m in row["variants"].items():
-            sdr = m.get("sdr") or {}
-            sdr_s = " / ".join(_fmt(sdr.get(k), 1) for k in ("2.0", "2.5", "3.0", "4.0"))
             lines.append(
-                f"| {name} | {variant} | {_fmt(m['mre_px'])} | {_fmt(m['mre_mm'])} ({_fmt(m['sd_mm'])}) | {sdr_s} | {params} | "
+                f"| {name} | {variant} | {_fmt(m['mre_px'])} | {_fmt(m['mre_mm'])} ({_fmt(m['sd_mm'])}) | {_sdr_cell(m)} | {params} | "
                 f"{_fmt(inf['seconds_per_image'])} ({_fmt(inf['forward_seconds_per_image'])}) | {_fmt(train_mb, 0)} | {_fmt(inf['max_rss_mb'], 0)} |"
             )
+    if human:
+        for label, m in human["rows"].items():
+            lines.append(f"| human | {label} | {_fmt(m['mre_px'])} | {_fmt(m['mre_mm'])} ({_fmt(m['sd_mm'])}) | {_sdr_cell(m)} | | | | |")
+        lines += ["", HUMAN_FOOTNOTE]
+        a, b = human["annotators"]
+        scored = {n: r for n, r in results["bundles"].items() if r.get("vs_annotators")}
+        if scored:
+            lines += [
+                "",
+                f"Scored against each single annotator (inference output files, default variant; `{section}`): "
+                "MRE mm (SD); SDR 2 / 2.5 / 3 / 4 mm %.",
+                "",
+                f"| bundle | vs ground truth | vs {a} | vs {b} |",
+                "|---|---|---|---|",
+            ]
+            for n, r in scored.items():
+                cells = [r["vs_annotators"].get(w, {}) for w in (GROUND_TRUTH, a, b)]
+                lines.append(f"| {n} | " + " | ".join(f"{_mre_cell(c)}; {_sdr_cell(c)}" for c in cells) + " |")
+    lines += _per_landmark_table(results)
     path.write_text("\n".join(lines) + "\n")
 
 
+def _per_landmark_table(results: dict) -> list[str]:
+    """Per-landmark MRE (mm, else px) of each bundle's first variant, and the human rows A vs B / third annotator."""
+    cols: list[tuple[str, list]] = []
+    for name, row in results["bundles"].items():
+        variant, m = next(iter(row["variants"].items()))
+        cols.append((f"{name} ({variant})", m.get("per_landmark") or []))
+    human = results.get("human")
+    if human:
+        a, b = human["annotators"]
+        for label in (f"{a} vs {b}", "third annotator vs mean (expected)"):
+            cols.append((f"human: {label}", human["rows"][label].get("per_landmark") or []))
+    if not cols:
+        return []
+    n = max(len(c) for _, c in cols)
+    names = next((c for _, c in cols if len(c) == n), [])
+    mm = all(p.get("mre_mm") is not None for _, c in cols for p in c)
+    unit = "mm" if mm else "px"
+    out = ["", f"Per-landmark MRE ({unit}) on `{results.get('section', 'validation')}`:", "",
+           "| # | landmark | " + " | ".join(label for label, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for i in range(n):
+        cells = [_fmt(c[i].get(f"mre_{unit}")) if i < len(c) else "–" for _, c in cols]
+        out.append(f"| {i + 1} | {names[i].get('name', '')} | " + " | ".join(cells) + " |")
+    return out
+
+
+@functools.wraps(benchmark)
+def _cli(*args, **kwargs) -> None:
+    """Command line: :func:`benchmark`, exiting with status 2 and one clear line on a refused datalist/section."""
+    try:
+        benchmark(*args, **kwargs)
+    except ValueError as e:
+        print(f"benchmark: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    fire.Fire(benchmark)
+    fire.Fire(_cli)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_build_markups_world_datalist(tmp_path, repo_root):
     write_fcsv(lm / "case2.fcsv", ["B", "A", "A", "D"], np.r_[p2[[1, 0, 0]], p2[[2]]])  # 'A' twice, no 'C'
     (lm / "case3.csv").write_text("A,1,2,3\n")  # no volume
 
-    dl = build_markups(lm, images=vol, val_fraction=0.0)
+    dl = build_markups(lm, images=vol, val_fraction=0.0, test_fraction=0.0)
     assert dl["coordinate_space"] == "world" and dl["landmark_names"] == ["A", "B", "C", "D"]
     c1, c2 = dl["training"]
     np.testing.assert_allclose(lps_to_index(c1["landmarks"][:3], aff1), vox, atol=1e-6)
@@ -233,16 +234,24 @@ def test_build_markups_world_datalist(tmp_path, repo_root):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "world.json"
-    line = mod.prepare("markups", str(lm), str(out), images=str(vol), val_fraction=0.0)
+    line = mod.prepare("markups", str(lm), str(out), images=str(vol), val_fraction=0.0, test_fraction=0.0)
     assert "training=2" in line and "space=world" in line and "missing=3" in line
     items = datalist_section(load_datalist(out), "training")
     assert items[0]["id"] == "case1" and items[0]["landmarks"].shape == (4, 3)
 
-    # a point outside its volume is an error naming the file and the landmark
-    write_mrk_json(lm / "case1.mrk.json", ["A"], index_to_lps(np.array([[19.8, 1.0, 1.0]]), aff1))
-    with pytest.raises(LandmarkFileError, match=r"case1\.mrk\.json: landmark 'A': point .* outside the volume"):
+    # a point outside its volume is missing, with a warning naming the file and the landmark
+    write_mrk_json(lm / "case1.mrk.json", ["A", "B", "C"], index_to_lps(np.r_[[[19.8, 1.0, 1.0]], vox[1:]], aff1))
+    dl = build_markups(lm, images=vol, val_fraction=0.0, test_fraction=0.0)
+    case1 = next(it for it in dl["training"] if Path(it["image"]).name == "case1.nii.gz")
+    assert np.isnan(case1["landmarks"][0]).all() and np.isfinite(case1["landmarks"][1:3]).all()
+    outside = [w for w in dl["warnings"] if "outside the volume" in w]
+    assert len(outside) == 1 and "case1.mrk.json: landmark 'A': point" in outside[0] and "set to missing" in outside[0]
+    dl = build_markups(lm, images=vol, val_fraction=0.0, test_fraction=0.0, tolerance=1.0)  # 19.8 <= 19 + 1
+    assert not [w for w in dl["warnings"] if "outside the volume" in w]
+    # most points outside: the file does not belong to that volume (or its frame is wrong): an error
+    write_mrk_json(lm / "case1.mrk.json", ["A", "B"], index_to_lps(np.array([[19.8, 1, 1], [1, 40, 1]]), aff1))
+    with pytest.raises(LandmarkFileError, match=r"case1\.mrk\.json: 2 of 2 points lie outside the volume"):
         build_markups(lm, images=vol)
-    assert build_markups(lm, images=vol, tolerance=1.0)["training"]  # 19.8 <= 19 + 1
 
 
 def test_build_markups_empty_folder(tmp_path):

@@ -71,10 +71,10 @@ def test_hamedan_reports_exactly_the_known_defects(data_dir):
 
 def test_hamedan_mean_datalist(data_dir, tmp_path):
     root = data_dir / "hamedan_ceph"
-    dl = build_hamedan(root)  # mean, 0.2, seed 0
-    assert (len(dl["training"]), len(dl["validation"]), len(dl["test"])) == (80, 20, 0)
+    dl = build_hamedan(root)  # mean, 0.2 + 0.2, seed 0
+    assert (len(dl["training"]), len(dl["validation"]), len(dl["test"])) == (60, 20, 20)
     assert len(dl["warnings"]) == 8
-    items = {Path(it["image"]).stem: it for s in ("training", "validation") for it in dl[s]}
+    items = {Path(it["image"]).stem: it for s in ("training", "validation", "test") for it in dl[s]}
     assert sorted(items) == [f"{i:03d}" for i in range(1, 101)]
     f = read_labelme_points(root / "annotations" / "farhadifar" / "086.json")[0]
     m = read_labelme_points(root / "annotations" / "mollabashi" / "086.json")[0]
@@ -85,7 +85,7 @@ def test_hamedan_mean_datalist(data_dir, tmp_path):
     # deterministic, and different seeds give different splits
     assert [it["image"] for it in build_hamedan(root)["validation"]] == [it["image"] for it in dl["validation"]]
     assert {it["image"] for it in build_hamedan(root, seed=1)["validation"]} != {it["image"] for it in dl["validation"]}
-    single = build_hamedan(root, annotator="mollabashi", val_fraction=0.0)
+    single = build_hamedan(root, annotator="mollabashi", val_fraction=0.0, test_fraction=0.0)
     assert len(single["training"]) == 100 and len(single["warnings"]) == 6
 
 
@@ -93,13 +93,14 @@ def test_prepare_data_cli_hamedan(data_dir, tmp_path, repo_root):
     mod = _load_script(repo_root)
     out = tmp_path / "lists" / "hamedan.json"
     line = mod.prepare("hamedan", str(data_dir / "hamedan_ceph"), str(out))
-    assert "training=80 validation=20 test=0 landmarks=19" in line and "warnings=8" in line and "missing=0" in line
+    assert "training=60 validation=20 test=20 landmarks=19" in line and "warnings=8" in line and "missing=0" in line
     dl = load_datalist(out, check_images=True)
     assert dl["landmark_names"] == list(ISBI_LANDMARK_NAMES) and len(dl["warnings"]) == 8
     line = mod.prepare(
-        "hamedan", str(data_dir / "hamedan_ceph"), str(out), annotator="farhadifar", val_fraction=0.1, seed=3
+        "hamedan", str(data_dir / "hamedan_ceph"), str(out), annotator="farhadifar", val_fraction=0.1, seed=3,
+        test_fraction=0.0,
     )
-    assert "training=90 validation=10" in line and "missing=2" in line
+    assert "training=90 validation=10 test=0" in line and "missing=2" in line
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         mod.prepare("nope", str(tmp_path), str(out))
     with pytest.raises(ValueError, match="hand: option --annotator does not apply"):
@@ -161,13 +162,13 @@ def test_isbi_original_layout_fixture(data_dir, tmp_path):
     junior = read_isbi_csv(data_dir / "isbi2015_annotations" / "setup" / "all_junior.csv")
     _write_isbi_fixture(tmp_path, senior, junior, [1, 2, 151, 301])
     np.testing.assert_array_equal(read_isbi_txt(tmp_path / "AnnotationsByMD" / "400_senior" / "001.txt"), senior["001"])
-    dl = build_isbi2015(tmp_path)
+    dl = build_isbi2015(tmp_path, protocol="official")
     assert [len(dl[s]) for s in ("training", "validation", "test")] == [2, 1, 1]
     assert Path(dl["validation"][0]["image"]).name == "151.bmp" and Path(dl["test"][0]["image"]).name == "301.bmp"
     np.testing.assert_allclose(dl["training"][0]["landmarks"], (senior["001"] + junior["001"]) / 2)
     assert dl["training"][0]["spacing"] == [0.1, 0.1]
     assert len(dl["warnings"]) == 1 and "396 of the 400" in dl["warnings"][0]
-    only_senior = build_isbi2015(tmp_path, ground_truth="senior")
+    only_senior = build_isbi2015(tmp_path, ground_truth="senior", protocol="official")
     np.testing.assert_array_equal(only_senior["test"][0]["landmarks"], senior["301"])
     np.testing.assert_array_equal(only_senior["training"][0]["landmarks"][0], [835, 996])
 

@@ -8,6 +8,11 @@ Format (see DESIGN.md)::
 each item ``{"image": path relative to the datalist's folder, "landmarks": [[x, y], ...] | [[x, y, z], ...]
 (null = missing), "spacing": [sx, sy(, sz)] (optional, mm)}``. 2D pixel coordinates are (x = column,
 y = row) of the original image; ``"world"`` datalists hold ITK/LPS millimetres.
+
+Where a dataset has several annotators, an item may also carry their own points, ``"annotators":
+{"<name>": [[x, y] or null, ...], ...}`` (same shape rules as ``landmarks``; ``landmarks`` is then usually their
+mean, the ground truth). They serve the human reference rows of ``scripts/benchmark.py``; the training
+pipelines do not see them (:func:`datalist_section` leaves them out unless asked).
 """
 
 from __future__ import annotations
@@ -179,6 +184,14 @@ def validate_datalist(
             if check_images and not os.path.exists(new["image"]):
                 raise DatalistError(path, f"image file not found: {new['image']}", section, i, image)
             new["landmarks"] = rows
+            if "annotators" in item:
+                new["annotators"], d = _parse_annotators(item["annotators"], names, path, section, i, image, d)
+                if d and dataset_dim and d != dataset_dim:
+                    raise DatalistError(
+                        path, f"'annotators' have {d}D points but earlier items have {dataset_dim}D points",
+                        section, i, image,
+                    )
+                dataset_dim = dataset_dim or d
             spacing = item.get("spacing")
             if spacing is None:
                 new.pop("spacing", None)
@@ -202,10 +215,45 @@ def validate_datalist(
     if dataset_dim:
         for section in SECTIONS:
             for item in out[section]:
-                item["landmarks"] = [
-                    r if len(r) == dataset_dim else [math.nan] * dataset_dim for r in item["landmarks"]
-                ]
+                item["landmarks"] = _fill_dim(item["landmarks"], dataset_dim)
+                if "annotators" in item:
+                    item["annotators"] = {k: _fill_dim(v, dataset_dim) for k, v in item["annotators"].items()}
     return out
+
+
+def _fill_dim(rows: list[list[float]], d: int) -> list[list[float]]:
+    return [r if len(r) == d else [math.nan] * d for r in rows]
+
+
+def _parse_annotators(
+    annotators: Any, names: Sequence[str], path: Any, section: str, index: int, image: str, dim: int
+) -> tuple[dict[str, list[list[float]]], int]:
+    """``({"<annotator>": rows}, D)``: each annotator's points validated like ``landmarks`` (same count and D)."""
+    if not isinstance(annotators, Mapping) or not annotators:
+        raise DatalistError(
+            path,
+            f"'annotators' must be a non-empty object {{name: landmarks}}, got {type(annotators).__name__}",
+            section,
+            index,
+            image,
+        )
+    out = {}
+    for who, pts in annotators.items():
+        if not isinstance(who, str) or not who:
+            raise DatalistError(path, f"'annotators' keys must be non-empty names, got {who!r}", section, index, image)
+        try:
+            rows, d = _parse_landmarks(pts, names, path, section, index, image)
+        except DatalistError as e:
+            raise DatalistError(
+                path, f"'annotators'[{who!r}]: {e.message}", section, index, image, e.landmark
+            ) from e
+        if d and dim and d != dim:
+            raise DatalistError(
+                path, f"'annotators'[{who!r}] has {d}D points, 'landmarks' has {dim}D", section, index, image
+            )
+        dim = dim or d
+        out[who] = rows
+    return out, dim
 
 
 def load_datalist(path: str | os.PathLike, check_images: bool = False) -> dict:
@@ -250,11 +298,16 @@ def _item_for_json(item: Mapping, folder: Path) -> dict:
     except ValueError:  # another drive on Windows
         out["image"] = Path(image).as_posix()
     out["landmarks"] = _landmarks_for_json(item["landmarks"])
+    if item.get("annotators") is not None:
+        ann = item["annotators"]
+        out["annotators"] = (
+            {str(k): _landmarks_for_json(v) for k, v in ann.items()} if isinstance(ann, Mapping) else ann
+        )
     spacing = item.get("spacing")
     if spacing is not None:
         out["spacing"] = [float(s) for s in np.asarray(spacing, dtype=np.float64).ravel()]
     for k, v in item.items():
-        if k not in out and k not in ("image", "landmarks", "spacing"):
+        if k not in out and k not in ("image", "landmarks", "spacing", "annotators"):
             out[k] = v
     return out
 
@@ -306,36 +359,67 @@ def write_datalist(
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def split_items(items: Sequence[Any], val_fraction: float = 0.2, seed: int = 0) -> tuple[list, list]:
-    """Deterministic random split into (train, val); both keep the input order.
+def split_items(
+    items: Sequence[Any], val_fraction: float = 0.2, seed: int = 0, test_fraction: float | None = None
+) -> tuple[list, list] | tuple[list, list, list]:
+    """Deterministic random split into ``(train, val)``, or ``(train, val, test)`` when ``test_fraction`` is given.
 
-    ``round(val_fraction * n)`` items go to validation (at least one when ``val_fraction > 0`` and there are
-    two or more items, and never all of them). The same ``items``, ``val_fraction`` and ``seed`` always give
-    the same split (numpy ``default_rng``).
+    Every part keeps the input order; the parts are disjoint and together hold every item. ``round(fraction * n)``
+    items go to validation and to test (at least one each when its fraction is > 0 and the items allow it, and
+    never all of them: training keeps at least one). One seeded permutation (numpy ``default_rng(seed)``) is cut
+    into validation first, then test: with the same ``items``, ``val_fraction`` and ``seed``, the validation
+    part of a three-way split is the validation part of the two-way split, and the test part comes out of the
+    former training part. So adding a test section to an existing 80/20 split never moves into the test
+    section an image on which models were already selected (or hyper-parameters tuned).
+
+    Args:
+        items: anything; the split is by position.
+        val_fraction: share of validation, in [0, 1).
+        seed: the split's seed.
+        test_fraction: share of test, in [0, 1) with ``val_fraction + test_fraction < 1``; ``None`` (default)
+            returns the two-way split.
     """
-    if not 0.0 <= float(val_fraction) < 1.0:
+    vf = float(val_fraction)
+    tf = 0.0 if test_fraction is None else float(test_fraction)
+    if not 0.0 <= vf < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0.0 <= tf < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if vf + tf >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be < 1 (training needs items), got {vf} + {tf}")
     items = list(items)
     n = len(items)
-    n_val = int(round(float(val_fraction) * n))
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
+    n_val = int(round(vf * n))
+    n_test = int(round(tf * n))
+    if n >= 2:
+        if vf > 0:
+            n_val = min(max(n_val, 1), n - 1)
+        if tf > 0:
+            n_test = min(max(n_test, 1), n - 1 - n_val)
     else:
-        n_val = 0 if n < 2 else n_val
+        n_val = n_test = 0
     perm = np.random.default_rng(int(seed)).permutation(n)
     val_idx = set(int(i) for i in perm[:n_val])
-    train = [it for i, it in enumerate(items) if i not in val_idx]
+    test_idx = set(int(i) for i in perm[n_val : n_val + n_test])
+    train = [it for i, it in enumerate(items) if i not in val_idx and i not in test_idx]
     val = [it for i, it in enumerate(items) if i in val_idx]
-    return train, val
+    if test_fraction is None:
+        return train, val
+    test = [it for i, it in enumerate(items) if i in test_idx]
+    return train, val, test
 
 
-def datalist_section(datalist: Mapping | str | os.PathLike, section: str) -> list[dict]:
+def datalist_section(
+    datalist: Mapping | str | os.PathLike, section: str, annotators: bool = False
+) -> list[dict]:
     """Items of one section, ready for a MONAI ``Dataset``.
 
     Each item: ``image`` (absolute path string), ``landmarks`` float32 (N, D) with NaN rows for missing points,
     ``spacing`` float64 (D,) array or ``None``, ``id`` (the image file name without extension); any other item
-    keys are passed through. ``datalist`` is a path (loaded with :func:`load_datalist`) or an already-loaded
-    dictionary.
+    keys are passed through, except ``annotators`` (the single annotators' points, for human reference
+    figures): left out unless ``annotators=True``, then as ``{name: float32 (N, D)}`` (a batch cannot collate
+    items that have them with items that do not, and no transform moves them with the image).
+    ``datalist`` is a path (loaded with :func:`load_datalist`) or an already-loaded dictionary.
     """
     if not isinstance(datalist, Mapping):
         datalist = load_datalist(datalist)
@@ -363,8 +447,25 @@ def datalist_section(datalist: Mapping | str | os.PathLike, section: str) -> lis
         new["landmarks"] = arr
         new["spacing"] = None if spacing is None else np.asarray(spacing, dtype=np.float64)
         new["id"] = image_id(item["image"])
+        ann = new.pop("annotators", None)
+        if annotators and ann is not None:
+            new["annotators"] = {k: _points_array(v, arr.shape[1]) for k, v in ann.items()}
         out.append(new)
     return out
+
+
+def _points_array(rows: Any, d: int) -> np.ndarray:
+    """Rows (None / NaN = missing) -> float32 (N, d) with NaN rows for missing points."""
+    if isinstance(rows, np.ndarray):
+        arr = rows.astype(np.float32).reshape(len(rows), -1)
+    else:
+        arr = np.array(
+            [[np.nan] * d if r is None else [np.nan if v is None else v for v in r] for r in rows], dtype=np.float32
+        ).reshape(len(rows), -1)
+    if arr.shape[1] != d:
+        arr = np.full((len(rows), d), np.nan, dtype=np.float32) if np.all(np.isnan(arr)) else arr
+    arr[~np.all(np.isfinite(arr), axis=1)] = np.nan
+    return arr
 
 
 def _dim(item: Mapping) -> int:

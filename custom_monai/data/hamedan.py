@@ -108,15 +108,26 @@ def read_hamedan_annotations(root: str | os.PathLike, annotator: str) -> dict[st
     }
 
 
-def build_hamedan(root: str | os.PathLike, annotator: str = "mean", val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Datalist of the Hamedan set: ``training``/``validation`` by a deterministic split, ``test`` empty.
+def build_hamedan(
+    root: str | os.PathLike,
+    annotator: str = "mean",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> dict:
+    """Datalist of the Hamedan set: ``training`` / ``validation`` / ``test`` by one seeded split.
 
     Args:
         root: folder with ``images/`` and ``annotations/<annotator>/``.
         annotator: ``"farhadifar"``, ``"mollabashi"`` or ``"mean"`` (default). The mean ground truth is,
             landmark by landmark, the mean of the two annotators where both placed it, the single annotator's
             point where only one did (e.g. mollabashi 086 has no ``l16``), and missing where neither did.
-        val_fraction, seed: the split (:func:`~custom_monai.data.datalist.split_items`).
+            With ``"mean"`` every item also carries ``"annotators": {"farhadifar": ..., "mollabashi": ...}``
+            (NaN where that annotator's label is missing or ambiguous), for the human reference rows.
+        val_fraction, seed, test_fraction: the split (:func:`~custom_monai.data.datalist.split_items`); the
+            default 60/20/20 of the 100 images gives 20 test images that no model selection sees, and the same
+            20 validation images as the former 80/20 split with the same seed (the test images come out of its
+            training part). ``test_fraction=0`` gives the old two-way split.
 
     Every image is checked for readability and every point for lying inside its image. Defects (duplicated or
     missing labels, images without annotation) are listed in ``warnings``.
@@ -146,23 +157,26 @@ def build_hamedan(root: str | os.PathLike, annotator: str = "mean", val_fraction
             warnings.append(f"{img}: skipped, no annotation from {list(names)}")
             continue
         points = merge_annotators(pts)
-        items.append(landmark_item(img, points, (HAMEDAN_SPACING, HAMEDAN_SPACING)))
+        item = landmark_item(img, points, (HAMEDAN_SPACING, HAMEDAN_SPACING))
+        if len(names) > 1 and len(pts) == len(names):
+            item["annotators"] = dict(zip(names, pts))
+        items.append(item)
     image_keys = {image_id(i) for i in images}
     for a in names:
         for key in sorted(set(per[a]) - image_keys):
             warnings.append(f"{root / 'annotations' / a / (key + '.json')}: no image {key}.png; skipped")
     if not items:
         raise LandmarkFileError(root / "images", "no image has an annotation")
-    train, val = split_items(items, val_fraction, seed)
+    train, val, test = split_items(items, val_fraction, seed, test_fraction)
     return {
         "landmark_names": list(ISBI_LANDMARK_NAMES),
         "coordinate_space": "pixel",
         "name": "hamedan",
         "annotator": annotator,
         "spacing_note": f"{HAMEDAN_SPACING} mm/px is an estimate (ruler on image 007), not a published value",
-        "split": {"val_fraction": val_fraction, "seed": seed},
+        "split": {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed},
         "training": train,
         "validation": val,
-        "test": [],
+        "test": test,
         "warnings": warnings,
     }
