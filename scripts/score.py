@@ -13,6 +13,9 @@ and ``errors_boxplot.png`` beside it, and prints MRE/SDR.
   and errors are in mm only.
 - A datalist item without a prediction file is listed in ``missing_predictions`` and all its
   landmarks count as not found (failures in SDR).
+- 2D datalists whose landmarks are the 19 of ISBI 2015 are also scored on the challenge's cephalometric
+  analysis (``metrics.json`` ``measurements``: class accuracy and MAE per measurement, ``measurements.csv``),
+  with the same code as the bundles' evaluation (``custom_monai.analysis.cephalometric``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from custom_monai.analysis.cephalometric import MeasurementAccumulator, summary_line
 from custom_monai.handlers.writers import image_id, read_prediction_json, write_evaluation_report
 from custom_monai.metrics.landmark_metrics import DEFAULT_THRESHOLDS, LandmarkErrorAccumulator
 
@@ -120,6 +124,7 @@ def score(
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"predictions folder not found: {pred_dir}")
     acc = LandmarkErrorAccumulator(names, thresholds)
+    measurements = MeasurementAccumulator(names)
     missing: list[str] = []
     for it in items:
         gt = it["landmarks"]
@@ -145,6 +150,7 @@ def score(
             if sp is not None:
                 sp = np.broadcast_to(np.asarray(sp, dtype=np.float64).reshape(-1), (gt.shape[1],))
             acc.add(it["id"], pred, gt, sp)
+            measurements.add(it["id"], pred, gt, sp)
     if missing:
         warnings.warn(
             f"{len(missing)} of {len(items)} images have no prediction file in {pred_dir} (e.g. {missing[:5]}); "
@@ -156,7 +162,9 @@ def score(
         "coordinate_space": space,
         "missing_predictions": missing,
     }
-    summary = write_evaluation_report(Path(out).parent, acc, extra=extra, metrics_name=Path(out).name)
+    summary = write_evaluation_report(
+        Path(out).parent, acc, extra=extra, metrics_name=Path(out).name, measurements=measurements
+    )
     if not quiet:
         print(_format(summary, out))
     return summary
@@ -173,8 +181,10 @@ def _format(s: dict[str, Any], out: str) -> str:
         f"MRE {v(s['mre_mm'], 'mm')} (SD {v(s['sd_mm'], 'mm')}, median {v(s['median_mm'], 'mm')}); "
         f"MRE {v(s['mre_px'], 'px')} (SD {v(s['sd_px'], 'px')})",
         "SDR " + ", ".join(f"{k} mm: " + ("n/a" if p is None else f"{p:.2f}%") for k, p in s["sdr"].items()),
-        f"written: {out}",
     ]
+    if "measurements" in s:
+        lines.append(summary_line(s["measurements"]))
+    lines.append(f"written: {out}")
     return "\n".join(lines)
 
 

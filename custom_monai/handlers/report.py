@@ -12,9 +12,17 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from custom_monai.analysis.cephalometric import MeasurementAccumulator, summary_line
 from custom_monai.metrics import LandmarkErrorAccumulator
 
-from .writers import image_id, prediction_record, write_evaluation_report, write_overlay_png, write_prediction_json
+from .writers import (
+    image_id,
+    measurements_for,
+    prediction_record,
+    write_evaluation_report,
+    write_overlay_png,
+    write_prediction_json,
+)
 
 __all__ = ["LandmarkReportHandler"]
 
@@ -26,6 +34,8 @@ class LandmarkReportHandler:
     3D also world LPS mm) and ``<id>_overlay.png`` (2D) or ``<id>.mrk.json`` (3D Slicer markups).
     With ground truth: ``metrics.json``, ``predictions.csv`` and the per-landmark box plot at the end
     (the same code as ``scripts/score.py``). Items that could not be read are listed in ``errors.json``.
+    2D ISBI-19 landmark sets also get the cephalometric analysis (:mod:`custom_monai.analysis.cephalometric`):
+    ``measurements`` in each JSON, lines and values on the overlay, MAE and class accuracy in ``metrics.json``.
 
     Args:
         output_dir: output folder.
@@ -57,6 +67,7 @@ class LandmarkReportHandler:
         self.extra = extra
         self.logger = logging.getLogger(name or __name__)
         self.accumulator = LandmarkErrorAccumulator(self.landmark_names)
+        self.measurements = MeasurementAccumulator(self.landmark_names)
         self.summary: dict | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -66,6 +77,7 @@ class LandmarkReportHandler:
 
     def _started(self, engine: Engine) -> None:
         self.accumulator.reset()
+        self.measurements.reset()
         self.summary = None
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -89,7 +101,8 @@ class LandmarkReportHandler:
                 from custom_monai.transforms.landmarks import index_to_world_lps
 
                 world = np.asarray(index_to_world_lps(points, affines[b].numpy().astype(np.float64)))
-            if self.write_predictions:
+            gt = None if label is None else label[b].numpy()
+            if self.write_predictions:  # the record carries the cephalometric measurements (ISBI-19, 2D)
                 record = prediction_record(
                     path, sp, points, self.landmark_names, None if conf is None else conf[b], world, self.extra
                 )
@@ -99,11 +112,23 @@ class LandmarkReportHandler:
 
                     write_mrk_json(self.output_dir / f"{image_id(path)}.mrk.json", self.landmark_names, world)
             if self.write_overlays and points.shape[-1] == 2 and batch is not None and self.overlay_key in batch:
-                self._overlay(batch[self.overlay_key], b, path, points, None if label is None else label[b].numpy())
-            if self.metrics and label is not None:
-                self.accumulator.add(image_id(path), points, label[b].numpy(), sp)
+                meas = measurements_for(points, self.landmark_names, sp)
+                gt_meas = None if gt is None or meas is None else measurements_for(gt, self.landmark_names, sp)
+                self._overlay(batch[self.overlay_key], b, path, points, gt, meas, gt_meas)
+            if self.metrics and gt is not None:
+                self.accumulator.add(image_id(path), points, gt, sp)
+                self.measurements.add(image_id(path), points, gt, sp)
 
-    def _overlay(self, image: Any, b: int, path: str, points: np.ndarray, gt: np.ndarray | None) -> None:
+    def _overlay(
+        self,
+        image: Any,
+        b: int,
+        path: str,
+        points: np.ndarray,
+        gt: np.ndarray | None,
+        measurements: dict | None = None,
+        gt_measurements: dict | None = None,
+    ) -> None:
         from custom_monai.inferers.predictor import original_to_grid
 
         img = image[b : b + 1]
@@ -114,6 +139,8 @@ class LandmarkReportHandler:
             grid(points),
             None if gt is None else grid(gt),
             self.landmark_names,
+            measurements=measurements,
+            gt_measurements=gt_measurements,
         )
 
     def _completed(self, engine: Engine) -> None:
@@ -126,7 +153,7 @@ class LandmarkReportHandler:
             for e in errors:
                 self.logger.error(f"could not process {e['image']}: {e['error']}")
         if self.metrics and len(self.accumulator):
-            self.summary = write_evaluation_report(self.output_dir, self.accumulator)
+            self.summary = write_evaluation_report(self.output_dir, self.accumulator, measurements=self.measurements)
             mm = self.summary.get("mre_mm")
             px = self.summary.get("mre_px")
             sdr = self.summary.get("sdr") or {}
@@ -134,3 +161,5 @@ class LandmarkReportHandler:
                 f"{len(self.accumulator)} images: MRE {mm if mm is None else round(mm, 3)} mm, "
                 f"{px if px is None else round(px, 2)} px; SDR {sdr}; report in {self.output_dir}"
             )
+            if "measurements" in self.summary:
+                self.logger.info(summary_line(self.summary["measurements"]))

@@ -131,7 +131,7 @@ def _write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def measurements_for(points: Any, landmark_names: Sequence[str], spacing: Any = None) -> dict[str, dict] | None:
-    """The cephalometric measurements of 2D ISBI-19 landmarks (see :func:`cephalometric_measurements`), else ``None``."""
+    """The measurements (:func:`cephalometric_measurements`) of 2D ISBI-19 landmarks, else ``None``."""
     if np.shape(points)[-1] != 2 or not is_isbi_landmark_set(landmark_names):
         return None
     return cephalometric_measurements(points, landmark_names, spacing)
@@ -336,7 +336,8 @@ def write_overlay_png(
 
     With ``measurements`` (from :func:`measurements_for` on the original-frame points) and ``names``, the
     cephalometric analysis is drawn too: the lines the measurements are built on (cyan, between predicted
-    points) and a bottom-left panel with each value and class (green = class 1, normal; orange = other).
+    points) and, in a panel added to the right of the image, each value and class (green = class 1, normal;
+    orange = another class). The image part keeps its size and frame (at the top left).
 
     Args:
         path: output PNG.
@@ -406,44 +407,56 @@ def write_overlay_png(
         for i, name in enumerate(names):
             draw.text((4, 4 + i * line_h), f"{i + 1} {name}", fill=(255, 255, 255), font=small, **outline)
     if measurements:
-        _draw_measurement_panel(draw, img.size, measurements, gt_measurements, small)
+        img = _with_measurement_panel(img, measurements, gt_measurements, small)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # a preview: fast encoding beats a few % of file size
     return atomic_write(path, lambda f: f.write(buf.getvalue()), binary=True)
 
 
-def _measurement_text(entry: Mapping[str, Any] | None) -> str:
-    """``"4.2 deg  1 Class I (normal)"``, or ``"n/a (reason)"``."""
+def _measurement_cells(entry: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``("4.2°", "1 Class I (normal)")``, or ``("n/a", reason)``."""
     if not entry or entry.get("value") is None:
-        return "n/a" + (f" ({entry['reason']})" if entry and entry.get("reason") else "")
-    unit = entry.get("unit")
-    value = f"{entry['value']:.2f}" if unit == "ratio" else f"{entry['value']:.1f} {unit}"
-    return f"{value}  {entry['class']} {entry['class_name']}"
+        return "n/a", str((entry or {}).get("reason", ""))
+    unit = {"deg": "°", "ratio": ""}.get(entry.get("unit"), f" {entry.get('unit')}")
+    value = f"{entry['value']:.2f}" if entry.get("unit") == "ratio" else f"{entry['value']:.1f}{unit}"
+    return value, f"{entry['class']} {entry['class_name']}"
 
 
-def _draw_measurement_panel(
-    draw: Any,
-    size: tuple[int, int],
+def _with_measurement_panel(
+    img: Any,
     measurements: Mapping[str, Mapping[str, Any]],
     gt_measurements: Mapping[str, Mapping[str, Any]] | None,
     font: Any,
-) -> None:
-    """The analysis panel in the bottom-left corner: one line per measurement, coloured by class."""
-    title = "ISBI 2015 analysis (predicted" + (" | ground truth)" if gt_measurements else ")")
-    rows: list[tuple[str, tuple[int, int, int]]] = [(title, (255, 255, 255))]
+) -> Any:
+    """``img`` with a black panel on its right: a table of each measurement's value and class (predicted and,
+    if given, ground truth), coloured by class (green = class 1, normal; orange = another class; grey = n/a)."""
+    from PIL import Image, ImageDraw
+
+    grey, white = (170, 170, 170), (255, 255, 255)
+    columns = [("predicted", measurements)] + ([("ground truth", gt_measurements)] if gt_measurements else [])
+    table: list[list[tuple[str, tuple[int, int, int]]]] = [[("", white)] + [(t, white) for t, _ in columns]]
     for m in MEASUREMENTS:
-        entry = measurements.get(m.key)
-        text = f"{m.key:<5} {_measurement_text(entry)}"
-        if gt_measurements:
-            text += f"  |  {_measurement_text(gt_measurements.get(m.key))}"
-        cls = entry.get("class") if entry else None
-        rows.append((text, (170, 170, 170) if cls is None else (90, 230, 90) if cls == 1 else (255, 170, 40)))
-    line_h = draw.textbbox((0, 0), "Ag", font=font)[3] + 3
-    width = max(draw.textbbox((0, 0), t, font=font)[2] for t, _ in rows) + 12
-    top = size[1] - 6 - line_h * len(rows) - 6
-    draw.rectangle([2, top, 2 + width, size[1] - 3], fill=(0, 0, 0))
-    for k, (text, colour) in enumerate(rows):
-        draw.text((8, top + 5 + k * line_h), text, fill=colour, font=font)
+        row = [(m.key, white)]
+        for _, meas in columns:
+            entry = meas.get(m.key)
+            cls = entry.get("class") if entry else None
+            colour = grey if cls is None else (90, 230, 90) if cls == 1 else (255, 170, 40)
+            row.append(("  ".join(_measurement_cells(entry)), colour))
+        table.append(row)
+    draw = ImageDraw.Draw(img)
+    widths = [max(draw.textlength(row[c][0], font=font) for row in table) + 14 for c in range(len(table[0]))]
+    line_h = draw.textbbox((0, 0), "Ag°", font=font)[3] + 4
+    height = max(img.size[1], int(16 + (len(table) + 1.5) * line_h))  # a small image gets a taller canvas
+    canvas = Image.new("RGB", (img.size[0] + int(sum(widths)) + 16, height), (0, 0, 0))
+    canvas.paste(img, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((img.size[0] + 8, 8), "ISBI 2015 cephalometric analysis", fill=white, font=font)
+    for k, row in enumerate(table):
+        x = img.size[0] + 8
+        for (text, colour), width in zip(row, widths):
+            draw.text((x, 8 + (k + 1.5) * line_h), text, fill=colour, font=font)
+            x += width
+    return canvas
 
 
 def write_boxplot(
