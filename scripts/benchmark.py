@@ -85,13 +85,20 @@ wf = ConfigWorkflow(config_file=args["config_file"], workflow_type=None, run_id=
 wf.initialize()
 timing = {}
 if args.get("time_forward"):
-    import torch
+    # forward time of the networks: network_def's own forward, or its stage submodules when the inferer calls
+    # them directly (counted only outside the whole module's forward, so nothing is counted twice)
     network = wf.parser.get_parsed_content("evaluator").network
-    top = list(network.children()) if isinstance(network, torch.nn.ModuleList) else [network]
     timing["forward_s"] = 0.0
-    def pre(mod, inp): mod._t = time.perf_counter()
-    def post(mod, inp, out): timing["forward_s"] += time.perf_counter() - mod._t
-    for m in top:
+    depth = {"n": 0}
+    def pre(mod, inp):
+        depth["n"] += 1
+        if depth["n"] == 1:
+            mod._t = time.perf_counter()
+    def post(mod, inp, out):
+        if depth["n"] == 1:
+            timing["forward_s"] += time.perf_counter() - mod._t
+        depth["n"] -= 1
+    for m in [network, *network.children()]:
         m.register_forward_pre_hook(pre); m.register_forward_hook(post)
 t1 = time.perf_counter()
 wf.run()
@@ -115,10 +122,18 @@ def _phase(config_file, run_id: str, overrides: dict, log: Path, time_forward: b
 
 
 def _count_parameters(ckpt: Path) -> dict:
+    """Parameters of ``model.pt`` (network_def's state dict) per stage submodule, and in total."""
     import torch
 
-    data = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {k: int(sum(v.numel() for v in sd.values())) for k, sd in data.items() if k != "_meta" and isinstance(sd, dict)}
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    counts: dict = {}
+    for key, value in state.items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        stage = key.split(".", 1)[0]
+        counts[stage] = counts.get(stage, 0) + int(value.numel())
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def check_report_section(datalist: dict, section: str, path: str | os.PathLike | None = None) -> list:
@@ -249,6 +264,10 @@ def _metric_row(metrics: dict) -> dict:
     row["per_landmark"] = [
         {"name": p.get("name"), "mre_mm": p.get("mre_mm"), "mre_px": p.get("mre_px")} for p in metrics.get("per_landmark") or []
     ]
+    if metrics.get("measurements"):  # cephalometric analysis (ISBI 19-landmark sets): class accuracy and MAE
+        row["measurements"] = {
+            k: {"accuracy": v.get("accuracy"), "mae": v.get("mae"), "unit": v.get("unit")} for k, v in metrics["measurements"].items()
+        }
     return row
 
 
@@ -383,7 +402,7 @@ def _write_table(results: dict, path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in results["bundles"].items():
-        params = "+".join(f"{v / 1e6:.2f}M" for v in row["parameters"].values())
+        params = f"{row['parameters']['total'] / 1e6:.2f}M"
         inf = row["inference"]
         train_mb = row.get("train", {}).get("max_rss_mb")
         for variant, m in row["variants"].items():
@@ -409,8 +428,27 @@ def _write_table(results: dict, path: Path) -> None:
             for n, r in scored.items():
                 cells = [r["vs_annotators"].get(w, {}) for w in (GROUND_TRUTH, a, b)]
                 lines.append(f"| {n} | " + " | ".join(f"{_mre_cell(c)}; {_sdr_cell(c)}" for c in cells) + " |")
+    lines += _measurement_table(results)
     lines += _per_landmark_table(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _measurement_table(results: dict) -> list[str]:
+    """Cephalometric classification accuracy % (and MAE) per measurement, each bundle's first variant."""
+    rows = []
+    for name, row in results["bundles"].items():
+        variant, m = next(iter(row["variants"].items()))
+        if m.get("measurements"):
+            rows.append((f"{name} ({variant})", m["measurements"]))
+    if not rows:
+        return []
+    keys = list(rows[0][1])
+    out = ["", f"Cephalometric measurements on `{results.get('section', 'validation')}`: class accuracy % / mean absolute "
+           "error (degrees; FHI ratio; MW mm), predicted vs ground-truth landmarks:", "",
+           "| bundle | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for label, meas in rows:
+        out.append(f"| {label} | " + " | ".join(f"{_fmt(meas[k].get('accuracy'), 1)} / {_fmt(meas[k].get('mae'))}" for k in keys) + " |")
+    return out
 
 
 def _per_landmark_table(results: dict) -> list[str]:

@@ -93,7 +93,7 @@ class ProgressLRHandler:
         engine.add_event_handler(Events.COMPLETED, self.report)
 
     def __call__(self, engine: Engine) -> None:
-        factor = lr_factor(self.clock.progress(engine), **self.kwargs)
+        factor = lr_factor(self.clock.progress(engine, iteration_offset=-1), **self.kwargs)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
@@ -133,7 +133,7 @@ class ProgressAttributeSwitch:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        progress = self.clock.progress(engine)
+        progress = self.clock.progress(engine, iteration_offset=-1)
         new = self.value if progress >= self.start else self.before
         if getattr(self.obj, self.attr) != new:
             self.logger.info(

@@ -49,11 +49,14 @@ class TimeBudgetHandler:
         """Seconds this stage has trained, including runs before a resume."""
         return self._spent_before + (0.0 if self._start is None else time.monotonic() - self._start)
 
-    def progress(self, engine: Engine) -> float:
-        """Stage progress in [0, 1]: max(iterations done / planned iterations, time spent / budget)."""
+    def progress(self, engine: Engine, iteration_offset: int = 0) -> float:
+        """Stage progress in [0, 1]: max(iterations done / planned iterations, time spent / budget).
+
+        ``iteration_offset=-1`` when called as an iteration starts (``engine.state.iteration`` already counts it).
+        """
         state = engine.state
         epoch_length = state.epoch_length or 1
-        by_epochs = state.iteration / max(1, (state.max_epochs or 1) * epoch_length)
+        by_epochs = max(0, state.iteration + iteration_offset) / max(1, (state.max_epochs or 1) * epoch_length)
         by_time = self.elapsed() / self.max_seconds if self.max_seconds else 0.0
         return float(min(1.0, max(by_epochs, by_time)))
 
