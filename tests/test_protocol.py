@@ -214,7 +214,9 @@ def test_benchmark_run_reports_on_test_with_human_rows(tmp_path, bench, monkeypa
     dl = load_datalist(path)
     calls = []
 
-    def fake_phase(config_file, run_id, overrides, log, time_forward=False):
+    def fake_phase(config_file, run_id, overrides, log, time_forward=False, env_extra=None):
+        if run_id == "training":
+            assert env_extra == {"CUSTOM_MONAI_BUDGET_CLOCK": "process"}
         calls.append((run_id, overrides))
         if run_id == "evaluating":
             out = Path(overrides["output_dir"])
@@ -230,7 +232,7 @@ def test_benchmark_run_reports_on_test_with_human_rows(tmp_path, bench, monkeypa
         return {"setup_s": 0.0, "run_s": 2.0, "max_rss_mb": 100.0, "forward_s": 1.0}
 
     monkeypatch.setattr(bench, "_phase", fake_phase)
-    monkeypatch.setattr(bench, "_count_parameters", lambda ckpt: {"network": 1_000_000})
+    monkeypatch.setattr(bench, "_count_parameters", lambda ckpt: {"network": 1_000_000, "total": 1_000_000})
     res = bench.benchmark(str(path), out=str(tmp_path / "bench"), minutes=0.1, bundles="global_local_fcnn_ceph2d")
     evals = [o for r, o in calls if r == "evaluating"]
     assert evals and all(o["eval_section"] == "test" for o in evals)
