@@ -230,3 +230,16 @@ def test_real_mlflow_handler_one_run_over_two_stages(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.params["patch_size"] == "32"
     assert len(client.get_metric_history(runs[0].info.run_id, "Loss")) == 6  # both stages' iterations
+
+
+def test_time_budget_process_clock(monkeypatch):
+    monkeypatch.setenv("CUSTOM_MONAI_BUDGET_CLOCK", "process")
+    budget = TimeBudgetHandler(1.0)
+    assert budget.clock == "process"
+    engine = Engine(lambda e, b: sum(i * i for i in range(20000)))  # CPU work: process time advances
+    budget.attach(engine)
+    engine.run(range(5), max_epochs=1)
+    assert 0 < budget.elapsed() < 60
+    assert TimeBudgetHandler(1.0, clock="wall").clock == "wall"
+    with pytest.raises(ValueError, match="clock"):
+        TimeBudgetHandler(1.0, clock="gpu")
