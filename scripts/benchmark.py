@@ -266,7 +266,7 @@ def _metric_row(metrics: dict) -> dict:
     ]
     if metrics.get("measurements"):  # cephalometric analysis (ISBI 19-landmark sets): class accuracy and MAE
         row["measurements"] = {
-            k: {"accuracy": v.get("accuracy"), "mae": v.get("mae"), "unit": v.get("unit")} for k, v in metrics["measurements"].items()
+            k: {"accuracy": v.get("accuracy"), "mae": v.get("mae"), "unit": v.get("unit")} for k, v in metrics["measurements"].items() if isinstance(v, dict)
         }
     return row
 
@@ -326,6 +326,7 @@ def benchmark(
         common = {"datalist": datalist, "ckpt_dir": str(work / "models"), **(overrides or {})}
         row: dict = {}
         if not skip_training:
+            shutil.rmtree(work / "models", ignore_errors=True)  # a fresh run: never resume an earlier run's budget
             print(f"[{name}] training for {minutes} min (model.pt selected on '{SELECTION_SECTION}') ...", flush=True)
             row["train"] = _phase(
                 str(cfg / "train.json"), "training",
