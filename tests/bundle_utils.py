@@ -166,3 +166,41 @@ def evaluate(bundle: str, output_dir: Path, env: dict, **settings) -> dict:
         env=env,
     )
     return json.loads((Path(output_dir) / "metrics.json").read_text())
+
+
+def prediction_points(folder: Path) -> dict[str, np.ndarray]:
+    """``{id: (N, D) points}`` of every prediction JSON in ``folder`` (NaN where a landmark was not found)."""
+    out = {}
+    for f in sorted(folder.glob("*.json")):
+        record = json.loads(f.read_text())
+        if f.name.endswith(".mrk.json") or "landmarks" not in record:  # markups, metrics.json, MLflow's config_*.json
+            continue
+        lms = record["landmarks"]
+        out[f.stem] = np.array([[np.nan if lm.get(a) is None else lm[a] for a in "xyz" if a in lm] for lm in lms], float)
+    assert out, f"no predictions in {folder}"
+    return out
+
+
+def assert_same_points(a: dict, b: dict, tol: float = 1e-3) -> None:
+    """Two :func:`prediction_points` results hold the same images and points (``tol`` pixels)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=tol, rtol=0, err_msg=k)
+
+
+def bundle_fails(args: list[str], env: dict) -> str:
+    """Run a bundle command that must fail; return its output."""
+    import pytest
+
+    with pytest.raises(AssertionError) as info:
+        run_bundle(args, env=env)
+    return str(info.value)
+
+
+def mlflow_runs(db: Path) -> tuple:
+    """An MLflow client on the sqlite store ``db`` and all runs in it."""
+    from mlflow.tracking import MlflowClient
+
+    assert db.is_file(), f"no MLflow store at {db}"
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return client, [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

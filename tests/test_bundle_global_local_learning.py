@@ -8,8 +8,10 @@ position (the best constant guess).
 Measured when written (2-core CPU shared with other jobs, one thread per process), test section:
 2D (12 images) training 46 s, whole test 61 s: baseline 10.11 mm, global 5.63 mm, global + local
 1.32 mm (SDR 2 mm 83 %). 3D (4 volumes) training 38 s, whole test 55 s: baseline 4.63 mm (the demo
-volumes vary little in world coordinates), global 3.90 mm, global + local 1.34 mm. The assertions leave
-margins for run-to-run variation.
+volumes vary little in world coordinates), global 3.90 mm, global + local 1.34 mm. With the local lr on
+the progress-based five-cycle cosine schedule (issue 10): 2D global 5.61 mm, global + local 1.37 mm
+(SDR 2 mm 84 %); 3D global 3.99 mm, global + local 0.86 mm. The assertions leave margins for
+run-to-run variation.
 
 One thread per process (``OMP_NUM_THREADS=1``): on a 2-core machine shared with other processes, two
 OpenMP threads per process made these small networks 10-100x slower (threads spinning at barriers

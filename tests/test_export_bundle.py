@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_utils import REPO_ROOT, bundle_configs, demo_datalist, overrides, run_bundle, train
+from bundle_utils import prediction_points, REPO_ROOT, bundle_configs, demo_datalist, overrides, run_bundle, train
 
 BUNDLE = "global_local_fcnn_ceph2d"
 TINY = dict(
@@ -49,15 +49,6 @@ def _run_hidden(bundle_dir: Path, *args: str, env: dict) -> str:
     assert proc.returncode == 0, out[-4000:]
     return out
 
-
-def _points(folder: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for f in sorted(folder.glob("*.json")):
-        if f.name in ("metrics.json", "errors.json") or f.name.endswith(".mrk.json"):
-            continue
-        record = json.loads(f.read_text())
-        out[f.stem] = np.array([[np.nan if p["x"] is None else p["x"], np.nan if p["y"] is None else p["y"]] for p in record["landmarks"]])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +120,7 @@ def test_exported_inference_reproduces_repository_bundle(exported, tmp_path):
     log = _run_hidden(out, "run", "inference", "--config_file", "configs/inference.json", "--input_dir", str(images),
                       "--output_dir", str(tmp_path / "zoo"), "--write_overlays", "False", env=env)
     assert f"CUSTOM_MONAI_FROM {out / 'scripts' / 'custom_monai' / '__init__.py'}" in log
-    repo, zoo = _points(tmp_path / "repo"), _points(tmp_path / "zoo")
+    repo, zoo = prediction_points(tmp_path / "repo"), prediction_points(tmp_path / "zoo")
     assert repo.keys() == zoo.keys() and len(repo) >= 10
     for k in repo:
         np.testing.assert_allclose(zoo[k], repo[k], atol=1e-3, err_msg=k)
