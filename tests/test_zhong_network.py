@@ -91,3 +91,23 @@ def test_bad_arguments_raise():
         LandmarkUNet(spatial_dims=1)
     with pytest.raises(ValueError, match="expects"):
         LandmarkUNet(features=SMALL)(torch.randn(1, 1, 8, 8, 8))
+
+
+def test_whole_method_module_forward_is_the_global_stage_and_scripts():
+    """AttentionGuidedUNet (the bundle's network_def): two LandmarkUNets; forward = the global U-Net, one tensor."""
+    from custom_monai.networks import AttentionGuidedUNet
+
+    torch.manual_seed(5)
+    net = AttentionGuidedUNet(n_landmarks=3, features=SMALL).eval()
+    assert isinstance(net.global_net, LandmarkUNet) and isinstance(net.local_net, LandmarkUNet)
+    assert {k.split(".")[0] for k in net.state_dict()} == {"global_net", "local_net"}
+    x = torch.randn(2, 1, 40, 56)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (2, 4, 40, 56)
+        assert torch.equal(y, net.global_net(x)) and not torch.allclose(y, net.local_net(x))
+        assert torch.allclose(torch.jit.script(net)(x), y, atol=1e-6)
+        net.init_local_from_global()
+        assert torch.equal(net.local_net(x), y)
+    with pytest.raises(ValueError, match="n_landmarks"):
+        AttentionGuidedUNet(n_landmarks=0)

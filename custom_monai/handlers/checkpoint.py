@@ -171,7 +171,7 @@ def load_checkpoint(path: str | os.PathLike, objects: Mapping[str, Any], map_loc
 
 
 class ResumableCheckpoint:
-    """Save the whole training state after every epoch and resume from it when it exists.
+    """Save the whole training state after every epoch (and when training ends) and resume from it when it exists.
 
     ``save_dict`` holds the network(s), optimizer, scheduler and anything else with a ``state_dict``
     (e.g. a :class:`BestMetricCheckpoint`); the engine it is attached to is saved too (under
@@ -206,6 +206,8 @@ class ResumableCheckpoint:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        # a stage that the time budget ends mid-epoch keeps its last iterations too
+        engine.add_event_handler(Events.COMPLETED, self.save)
         if self.save_on_exception:
             engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
 

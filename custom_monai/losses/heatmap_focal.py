@@ -9,8 +9,9 @@ The network predicts, per pixel, a softmax over landmark channels plus a shared 
     H_t = Ĥ where H > 0.01 (inside a Gaussian) else 1 - Ĥ;  alpha_t = alpha there, else 1 - alpha
 
 ``focal_weight`` (``w_focal``) is a plain attribute so that a handler
-(:class:`custom_monai.handlers.schedule.EpochAttributeSwitch`) can switch the focal term on at an
-epoch: the paper's focal term "mainly fine-tunes targets after 60 epochs".
+(:class:`custom_monai.handlers.schedule.ProgressAttributeSwitch`) can switch the focal term on part-way
+through a training stage: the paper's focal term "mainly fine-tunes targets after 60 epochs" (of 100), so
+the bundle switches it on at 60 % of the stage's real length (epochs, or its time budget).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class SoftCEFocalLoss(nn.Module):
         alpha: focal class weight for foreground pixels (``1 - alpha`` for the rest); ``None`` = 1 for all.
         gamma: focal exponent.
         focal_weight: multiplies the focal half of the loss; set it to 0 to train with cross-entropy only
-            and switch it to 1 at the epoch the focal term should start.
+            and switch it to 1 when the focal term should start.
         fg_threshold: a pixel is foreground for channel ``c`` where ``H_c > fg_threshold`` (paper: 0.01).
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for a (B,) tensor.
         mask_softmax: also remove masked channels from the softmax (see ``mask`` below).

@@ -1,6 +1,6 @@
 """Networks, one module per method (plain ``nn.Module``s with typed constructors)."""
 
-from .attention_unet import LandmarkUNet
+from .attention_unet import AttentionGuidedUNet, LandmarkUNet
 from .dcelr import DCeLR, ViTBlock
 from .cephmarknet import CEPHMarkNet, PerLandmarkRefinementHeads, SemanticFusionBlock, SharedRefinementHead, count_parameters, crop_and_resize
 from .global_local_fcnn import GlobalFCNN, GlobalToLocalFCNN, LocalFCNN
@@ -11,6 +11,7 @@ __all__ = [
     "DCeLR",
     "ViTBlock",
     "GlobalFCNN",
+    "AttentionGuidedUNet",
     "GlobalToLocalFCNN",
     "HTCBackbone",
     "HTCLandmarkNet",

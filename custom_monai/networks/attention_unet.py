@@ -6,6 +6,9 @@ levels, batch norm and ReLU. The method's inputs (290 px global images, 100 px t
 150 px inference regions) are not multiples of 16, so the input is zero-padded to the next
 multiple of 2**4 (split evenly between both sides) and the output is cropped back: every pooling
 level then sees even sizes and the output grid is exactly the input grid.
+
+:class:`AttentionGuidedUNet` holds the two stages (``global_net``, ``local_net``) as one module: the bundle's
+``network_def``, whose state dict is ``model.pt``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-__all__ = ["LandmarkUNet"]
+__all__ = ["AttentionGuidedUNet", "LandmarkUNet"]
 
 
 class LandmarkUNet(nn.Module):
@@ -94,3 +97,59 @@ class LandmarkUNet(nn.Module):
         if self.softmax:
             y = torch.softmax(y, dim=1)
         return y
+
+
+class AttentionGuidedUNet(nn.Module):
+    """The whole method of Zhong et al.: the global and the local U-Net as one module.
+
+    One module per bundle is what MONAI's tools expect (``network_def``, a single ``model.pt`` state dict,
+    ``ckpt_export``, MONAI Label). The two stages stay separate submodules, trained one after the other:
+    ``global_net`` on the whole downscaled image and ``local_net`` on patches at the local scale, both
+    :class:`LandmarkUNet` of the same widths (so that the local net can start from the global weights);
+    :class:`custom_monai.inferers.AttentionGuidedPredictor` runs both (expansive exploration).
+
+    ``forward(x)`` runs the global stage on an image ``(B, C, *spatial)`` (any size) and returns its heatmap
+    logits ``(B, N + 1, *spatial)``: N landmark channels, then the background channel.
+
+    Args:
+        spatial_dims: 2 or 3.
+        n_landmarks: number of landmarks N (each U-Net has N + 1 output channels).
+        in_channels: image channels.
+        features: the six :class:`LandmarkUNet` widths, for both stages.
+        act, norm, dropout, upsample: as :class:`LandmarkUNet`, for both stages.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        n_landmarks: int = 19,
+        in_channels: int = 1,
+        features: Sequence[int] = (16, 32, 64, 128, 256, 16),
+        act: str | tuple = "relu",
+        norm: str | tuple = "batch",
+        dropout: float = 0.0,
+        upsample: str = "deconv",
+    ) -> None:
+        super().__init__()
+        if n_landmarks < 1:
+            raise ValueError(f"AttentionGuidedUNet: n_landmarks must be >= 1, got {n_landmarks}")
+        kwargs = dict(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=n_landmarks + 1,
+            features=features,
+            act=act,
+            norm=norm,
+            dropout=dropout,
+            upsample=upsample,
+        )
+        self.global_net = LandmarkUNet(**kwargs)
+        self.local_net = LandmarkUNet(**kwargs)
+        self.n_landmarks: int = n_landmarks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.global_net(x)
+
+    def init_local_from_global(self) -> None:
+        """Copy the global U-Net's weights into the local U-Net (``local_init_from_global``)."""
+        self.local_net.load_state_dict(self.global_net.state_dict())
