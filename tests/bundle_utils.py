@@ -204,3 +204,24 @@ def mlflow_runs(db: Path) -> tuple:
     assert db.is_file(), f"no MLflow store at {db}"
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     return client, [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def assert_tracked_training(db: Path, params: dict, n_train_loss: int, val_metrics: tuple = ("val_mre_global", "val_mre")) -> None:
+    """One MLflow run in ``db`` with ``params`` (as strings), ``n_train_loss`` losses and one value per stage metric."""
+    client, runs = mlflow_runs(db)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    run = runs[0]
+    for k, v in params.items():
+        assert run.data.params[k] == v, (k, run.data.params.get(k), v)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == n_train_loss
+    for m in val_metrics:
+        assert len(client.get_metric_history(run.info.run_id, m)) == 1, m
+
+
+def assert_tracked_evaluation(out: Path, metrics: dict) -> None:
+    """The evaluation's MLflow run in ``out/mlruns.db`` holds its MRE and ``metrics.json`` as an artifact."""
+    client, runs = mlflow_runs(out / "mlruns.db")
+    assert len(runs) == 1
+    assert abs(runs[0].data.metrics["mre"] - metrics["mre_mm"]) <= 1e-6 * abs(metrics["mre_mm"])
+    assert "metrics.json" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+

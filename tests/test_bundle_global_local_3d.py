@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_utils import assert_same_points, bundle_fails, mlflow_runs, prediction_points, REPO_ROOT, bundle_configs, demo_datalist, evaluate, infer, overrides, run_bundle, train
+from bundle_utils import assert_same_points, assert_tracked_evaluation, assert_tracked_training, bundle_fails, prediction_points, REPO_ROOT, bundle_configs, demo_datalist, evaluate, infer, overrides, run_bundle, train
 from torch import nn
 
 from custom_monai.data import read_markups, read_verse_centroids
@@ -201,19 +201,10 @@ def test_mlflow_tracking_one_run_per_command(tmp_path, demo_env, evaluated):
     log = train(BUNDLE, tmp_path, demo_env, max_epochs=1, tracking="mlflow", output_dir=str(tmp_path), **TINY)
     for name in ("model.pt", "model.json", "global.pt", "global_checkpoint.pt", "local_checkpoint.pt"):
         assert (tmp_path / "models" / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
-    client, runs = mlflow_runs(tmp_path / "mlruns.db")
-    assert len(runs) == 1, [r.info.run_name for r in runs]
-    run = runs[0]
-    assert run.data.params["global_spacing"] == "[3.0, 3.0, 3.0]" and run.data.params["local_lr_cycles"] == "5"
-    history = {m: client.get_metric_history(run.info.run_id, m) for m in ("train_loss", "val_mre_global", "val_mre")}
-    assert len(history["train_loss"]) == 8  # 4 iterations per stage
-    assert len(history["val_mre_global"]) == 1 and len(history["val_mre"]) == 1
+    assert_tracked_training(tmp_path / "mlruns.db", {"global_spacing": "[3.0, 3.0, 3.0]", "local_lr_cycles": "5"}, n_train_loss=8)  # iterations of both stages
     # evaluation (the ``evaluated`` fixture ran with --tracking mlflow): metrics and metrics.json as an artifact
     out, metrics = evaluated
-    client, runs = mlflow_runs(out / "mlruns.db")
-    assert len(runs) == 1
-    assert runs[0].data.metrics["mre"] == pytest.approx(metrics["mre_mm"], rel=1e-6)
-    assert "metrics.json" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+    assert_tracked_evaluation(out, metrics)
     assert (out / "test_000.json").is_file() and (out / "test_000.mrk.json").is_file()
 
 
