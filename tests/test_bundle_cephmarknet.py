@@ -38,30 +38,56 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_env):
-    """One epoch on the generated demo data (the README's command, plus small settings)."""
+    """One epoch on the generated demo data (the README's command, plus small settings and MLflow tracking).
+
+    ``input_size`` [96, 128] is not the default (640 x 800): evaluation and inference must take it from the
+    trained model, not from their own defaults.
+    """
     root = tmp_path_factory.mktemp("cephmark")
-    return root, train(BUNDLE, root, demo_env, max_epochs=1, **TINY)
+    return root, train(BUNDLE, root, demo_env, max_epochs=1, output_dir=str(root / "eval"), tracking="mlflow", **TINY)
 
 
-def test_training_writes_checkpoints_and_both_metrics(trained):
+def _net_from_settings(settings: dict):
+    from custom_monai.networks import CEPHMarkNet
+
+    keys = ("backbone", "in_channels", "input_size", "head", "box_cells", "crop_size", "fusion_channels", "ldm_bias", "target_norm", "scale_offsets")
+    return CEPHMarkNet(len(settings["landmark_names"]), **{k: settings[k] for k in keys})
+
+
+def test_training_writes_model_and_settings(trained):
+    """model.pt = the plain state dict of network_def (loads with weights_only=True); model.json = its settings."""
     root, log = trained
     models = root / "models"
-    for name in ("model.pt", "checkpoint.pt"):
+    for name in ("model.pt", "model.json", "checkpoint.pt"):
         assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
-    ckpt = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
-    assert set(ckpt) == {"network", "_meta"}
-    meta = ckpt["_meta"]
-    assert meta["landmark_names"] == [f"L{i}" for i in range(1, 20)]
-    assert {k: meta[k] for k in ("backbone", "head", "fusion_channels", "input_size")} == {
-        **NET,
-        "input_size": TINY["input_size"],
-    }
-    assert meta["metric_name"] == "val_mre" and np.isfinite(meta["metric"])
-    # validation logs the refined (key) and the coarse MRE; the checkpoint keeps the refined one
+    record = json.loads((models / "model.json").read_text())
+    settings = record["settings"]
+    assert settings["landmark_names"] == [f"L{i}" for i in range(1, 20)]
+    assert {k: settings[k] for k in ("backbone", "head", "fusion_channels", "input_size")} == {**NET, "input_size": TINY["input_size"]}
+    assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    net = _net_from_settings(settings)
+    net.load_state_dict(state)  # strict: every key of network_def, nothing else
     logged = last_metrics(log, "val_mre", "val_mre_coarse")
-    assert logged["val_mre"] == pytest.approx(meta["metric"], abs=1e-3)
-    assert logged["val_mre_coarse"] != logged["val_mre"]
+    assert logged["val_mre"] == pytest.approx(record["metric"], abs=1e-3)
+    assert np.isfinite(logged["val_mre_coarse"])
+    assert "schedule: cosine lr ran to progress 1.000" in log  # the ProgressLRHandler ran the whole schedule
     assert list((root / "logs").rglob("events.out.tfevents*")), "no TensorBoard logs"
+
+
+def test_tracking_mlflow_one_run(trained):
+    """``--tracking mlflow``: one run with the settings as params, train_loss and both validation metrics."""
+    from mlflow.tracking import MlflowClient
+
+    root, _ = trained
+    client = MlflowClient(f"sqlite:///{root / 'eval' / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["input_size"] == "[96, 128]" and run.data.params["backbone"] == "resnet18"
+    assert "learning_rate" in run.data.params and "detach_coarse" in run.data.params
+    assert {"train_loss", "val_mre", "val_mre_coarse"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6  # 48 images / batch 8, per iteration
 
 
 def test_resume_continues_from_next_epoch(trained, tmp_path, demo_env):
@@ -69,7 +95,8 @@ def test_resume_continues_from_next_epoch(trained, tmp_path, demo_env):
     root, _ = trained
     models = tmp_path / "models"
     shutil.copytree(root / "models", models)
-    before = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=False)
+    before = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(before) == {"network", "optimizer", "best", "budget", "trainer"}
     steps_1 = before["trainer"]["iteration"]
     assert next(iter(before["optimizer"]["state"].values()))["step"].item() == steps_1 > 0
     proc = run_bundle(
@@ -80,7 +107,7 @@ def test_resume_continues_from_next_epoch(trained, tmp_path, demo_env):
     log = proc.stdout + proc.stderr
     assert "checkpoint.pt at epoch 1" in log, log[-3000:]
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log.split("resumed from")[1].split("Epoch[2]")[0]
-    after = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=False)
+    after = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert after["trainer"]["iteration"] == 2 * steps_1
     assert next(iter(after["optimizer"]["state"].values()))["step"].item() == 2 * steps_1
 
@@ -136,55 +163,69 @@ def test_inference_on_folder_with_a_corrupt_image(trained, tmp_path, demo_env):
     assert [Path(e["image"]).name for e in errors] == ["broken.png"]
 
 
-def test_inference_matches_evaluation(trained, tmp_path, demo_env):
-    """The same image gives the same points through inference.json as through evaluate.json."""
+def test_settings_travel_with_the_model(trained, tmp_path, demo_env):
+    """Trained at a non-default input size: evaluation and inference WITHOUT repeating the settings give the
+    same points as inference with them repeated; a contradicting override stops, naming the setting."""
     root, _ = trained
     images = demo_datalist(demo_env).parent / "images"
     inp = tmp_path / "in"
     inp.mkdir()
     shutil.copy(images / "test_003.png", inp / "test_003.png")
-    run_bundle(
-        ["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
-        + overrides(input_dir=str(inp), output_dir=str(tmp_path / "pred"), ckpt_dir=str(root / "models"), write_overlays=False),
-        env=demo_env,
-    )
-    run_bundle(
-        ["run", "evaluating", "--config_file", bundle_configs(BUNDLE, "train.json", "evaluate.json")]
-        + overrides(ckpt_dir=str(root / "models"), output_dir=str(tmp_path / "eval"), write_overlays=False),
-        env=demo_env,
-    )
-    a = json.loads((tmp_path / "pred" / "test_003.json").read_text())["landmarks"]
-    b = json.loads((tmp_path / "eval" / "test_003.json").read_text())["landmarks"]
-    np.testing.assert_allclose([[p["x"], p["y"]] for p in a], [[p["x"], p["y"]] for p in b], atol=1e-3)
+    models = str(root / "models")
+    infer(BUNDLE, inp, tmp_path / "pred", root / "models", demo_env, write_overlays=False)
+    infer(BUNDLE, inp, tmp_path / "pred_repeated", root / "models", demo_env, write_overlays=False, input_size=TINY["input_size"], **NET)
+    evaluate(BUNDLE, tmp_path / "eval", demo_env, ckpt_dir=models, write_overlays=False)
+    points = [
+        [[p["x"], p["y"]] for p in json.loads((tmp_path / d / "test_003.json").read_text())["landmarks"]]
+        for d in ("pred", "pred_repeated", "eval")
+    ]
+    np.testing.assert_allclose(points[0], points[1], atol=1e-3)
+    np.testing.assert_allclose(points[0], points[2], atol=1e-3)
+
+    with pytest.raises(AssertionError) as err:
+        infer(BUNDLE, inp, tmp_path / "bad", root / "models", demo_env, input_size=[128, 160])
+    assert "setting 'input_size'" in str(err.value) and "[96, 128]" in str(err.value) and "[128, 160]" in str(err.value)
+    with pytest.raises(AssertionError) as err:
+        evaluate(BUNDLE, tmp_path / "bad_eval", demo_env, ckpt_dir=models, backbone="resnet34")
+    assert "setting 'backbone'" in str(err.value) and "'resnet18'" in str(err.value) and "'resnet34'" in str(err.value)
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*.json"))
 
 
 def test_metadata_network_and_export(trained, tmp_path, demo_env):
+    """The model zoo's checks with their default arguments: verify_net_in_out on the bundle as cloned (the
+    paper's network at 640 x 800, built from the defaults when there is no model; ~20 s, 2 GB), then verify_net_in_out and
+    ckpt_export on a bundle root holding the trained model (its metadata states the trained input size)."""
     root, _ = trained
     meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    train_cfg = bundle_configs(BUNDLE, "train.json")
     run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    # the metadata's 640 x 800 input and 19 x 2 refined points, on the small backbone/head
-    run_bundle(
-        ["verify_net_in_out", "refined_network_def", "--meta_file", meta, "--config_file", train_cfg] + overrides(**NET),
-        env=demo_env,
-    )
-    ts = tmp_path / "cephmarknet.ts"
-    run_bundle(
-        ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-         "--key_in_ckpt", "network", "--meta_file", meta, "--config_file", train_cfg]
-        + overrides(input_size=TINY["input_size"], **NET),
-        env=demo_env,
-    )
-    from custom_monai.networks import CEPHMarkNet
+    fresh = tmp_path / "fresh"  # the repository bundle as cloned: no models/ (a local training run may have one)
+    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", fresh / "configs")
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(fresh / "configs" / "metadata.json"),
+                "--config_file", str(fresh / "configs" / "inference.json"), "--bundle_root", str(fresh)])
 
-    eager = CEPHMarkNet(19, input_size=TINY["input_size"], **NET)
-    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=False)["network"])
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    for name in ("model.pt", "model.json"):
+        shutil.copy(root / "models" / name, bundle / "models" / name)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = TINY["input_size"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    config = str(bundle / "configs" / "inference.json")
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(bundle / "configs" / "metadata.json"),
+                "--config_file", config, "--bundle_root", str(bundle)])
+    run_bundle(["ckpt_export", "network_def", "--bundle_root", str(bundle), "--config_file", config])
+
+    settings = json.loads((root / "models" / "model.json").read_text())["settings"]
+    eager = _net_from_settings(settings)
+    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
     eager.eval()
-    scripted = torch.jit.load(str(ts)).eval()
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts")).eval()
     x = torch.rand(2, 1, *TINY["input_size"])
     with torch.no_grad():
-        for s, e in zip(scripted(x), eager(x)):
-            torch.testing.assert_close(s, e, rtol=1e-5, atol=1e-5)
+        out = scripted(x)
+        assert out.shape == (2, 19, 4)
+        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
 
 
 def test_two_processes_gloo(tmp_path, demo_env):

@@ -64,7 +64,9 @@ def test_shapes_per_backbone(backbone, channels):
     x = torch.rand(2, 3, *SMALL)
     with torch.no_grad():
         taps = net.encode(x)
-        coarse, refined = net(x)
+        out = net(x)
+    assert out.shape == (2, N, 4)  # one tensor: coarse (x, y) then refined (x, y) per landmark
+    coarse, refined = CEPHMarkNet.split(out)
     for tap, ch, stride in zip(taps, channels, (8, 16, 32)):
         assert tuple(tap.shape) == (2, ch, SMALL[0] // stride, SMALL[1] // stride)
     assert coarse.shape == refined.shape == (2, N, 2)
@@ -78,7 +80,7 @@ def test_default_size_shape_resnet18(head):
     assert net.input_size == (640, 800)
     x = torch.rand(1, 1, 640, 800)
     with torch.no_grad():
-        coarse, refined = net(x)
+        coarse, refined = net.forward_pair(x)
     assert coarse.shape == refined.shape == (1, N, 2)
 
 
@@ -148,7 +150,8 @@ def test_network_crops_at_coarse_points_and_adds_offset(small_net):
         net.lrm = rec
         x = torch.rand(2, 1, *SMALL)
         with torch.no_grad():
-            coarse, refined = net(x)
+            coarse, refined = net.forward_pair(x)
+            torch.testing.assert_close(net(x), torch.cat([coarse, refined], dim=-1))
             p3, p4, p5 = net.sfb(*net.encode(x))
         centres = pts.expand(2, -1, -1)
         torch.testing.assert_close(coarse, centres)
@@ -213,7 +216,7 @@ def test_ldm_bias_option_starts_at_the_image_centre():
     """``ldm_bias=True`` (non-paper): coarse points start at (0.5, 0.5) for any image; the paper's LDM has no bias."""
     torch.manual_seed(0)
     net = CEPHMarkNet(n_landmarks=3, backbone="resnet18", input_size=(64, 96), head="shared", fusion_channels=16, ldm_bias=True)
-    coarse, _ = net.eval()(torch.rand(2, 1, 64, 96))
+    coarse, _ = net.eval().forward_pair(torch.rand(2, 1, 64, 96))
     torch.testing.assert_close(coarse, torch.full((2, 3, 2), 0.5))
     assert count_parameters(net.ldm) == 512 * 2 * 3 * 6 + 6
     paper = CEPHMarkNet(n_landmarks=3, backbone="resnet18", input_size=(64, 96), head="shared", fusion_channels=16)
@@ -267,6 +270,15 @@ def test_loss_masks_missing_landmarks(use_mask):
         assert loss_fn((c2, r2), target, mask if use_mask else None).item() != pytest.approx(loss.item())
 
 
+def test_loss_accepts_the_network_output_tensor():
+    torch.manual_seed(0)
+    coarse, refined, target = torch.rand(2, 3, 2), torch.rand(2, 3, 2), torch.rand(2, 3, 2)
+    loss_fn = CEPHMarkLoss()
+    assert loss_fn(torch.cat([coarse, refined], dim=-1), target).item() == pytest.approx(loss_fn((coarse, refined), target).item())
+    with pytest.raises(ValueError, match=r"\(B, N, 2 D\)"):
+        loss_fn(torch.rand(2, 3, 6), target)
+
+
 def test_loss_rejects_bad_shapes():
     t = torch.rand(2, 3, 2)
     with pytest.raises(ValueError, match="refined"):
@@ -277,22 +289,74 @@ def test_loss_rejects_bad_shapes():
         CEPHMarkLoss()((t,), t)
 
 
-def test_no_gradient_through_box_centres():
+def test_refinement_loss_trains_the_ldm_by_default():
+    """As in the original: boxes are gradient-stopped, but refined = coarse + offset with the UNdetached coarse
+    prediction, so the refinement loss reaches the LDM (only through that sum, never through the crops)."""
     torch.manual_seed(0)
     net = CEPHMarkNet(n_landmarks=N, backbone="resnet18", input_size=SMALL).train()
+    assert net.detach_coarse is False
     x = torch.rand(2, 1, *SMALL)
     target = torch.rand(2, N, 2)
-    coarse, refined = net(x)
+    coarse, refined = net.forward_pair(x)
+    coarse.retain_grad()
+    refined.retain_grad()
     CEPHMarkLoss(detection_weight=0.0)((coarse, refined), target).backward()  # refinement only
-    assert net.ldm.weight.grad is None or (net.ldm.weight.grad == 0).all()
+    assert net.ldm.weight.grad.abs().sum() > 0
+    # d loss / d coarse is exactly d loss / d refined: nothing flows back through the crop boxes
+    torch.testing.assert_close(coarse.grad, refined.grad)
     assert net.lrm.fc1_weight.grad.abs().sum() > 0
     assert net.sfb.lateral3[0].weight.grad.abs().sum() > 0
     assert net.backbone.layer2[0].conv1.weight.grad.abs().sum() > 0  # the backbone learns through the crops
     net.zero_grad(set_to_none=True)
-    coarse, refined = net(x)
-    CEPHMarkLoss(refinement_weight=0.0)((coarse, refined), target).backward()  # detection only
+    CEPHMarkLoss(refinement_weight=0.0)(net(x), target).backward()  # detection only, on the (B, N, 4) output
     assert net.ldm.weight.grad.abs().sum() > 0
     assert net.lrm.fc1_weight.grad is None or (net.lrm.fc1_weight.grad == 0).all()
+
+
+def test_detach_coarse_option_keeps_the_refinement_loss_off_the_ldm():
+    torch.manual_seed(0)
+    net = CEPHMarkNet(n_landmarks=N, backbone="resnet18", input_size=SMALL, detach_coarse=True).train()
+    x = torch.rand(2, 1, *SMALL)
+    target = torch.rand(2, N, 2)
+    CEPHMarkLoss(detection_weight=0.0)(net(x), target).backward()
+    assert net.ldm.weight.grad is None or (net.ldm.weight.grad == 0).all()
+    assert net.lrm.fc1_weight.grad.abs().sum() > 0
+    assert net.backbone.layer2[0].conv1.weight.grad.abs().sum() > 0
+    # the forward values do not depend on the option
+    undetached = CEPHMarkNet(n_landmarks=N, backbone="resnet18", input_size=SMALL)
+    undetached.load_state_dict(net.state_dict())  # same keys: the option adds no parameters
+    undetached.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), undetached(x))
+
+
+def test_target_normalisation_and_zero_init():
+    """``zero_init_heads``: every point starts at ``target_mean`` (0 for the paper's "none", the image centre for
+    "centre", the training mean for "dataset", set from the targets); the LDM stays bias-free."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 64, 96)
+    kw = dict(n_landmarks=N, backbone="resnet18", input_size=(64, 96), fusion_channels=16, zero_init_heads=True)
+    for head in ("per_landmark", "shared"):
+        for norm, start in (("none", 0.0), ("centre", 0.5)):
+            net = CEPHMarkNet(head=head, target_norm=norm, **kw).eval()
+            assert net.ldm.bias is None and not net.set_target_statistics(torch.rand(4, N, 2))
+            with torch.no_grad():
+                torch.testing.assert_close(net(x), torch.full((2, N, 4), start))
+    net = CEPHMarkNet(target_norm="dataset", **kw)
+    points = torch.tensor([[[0.2, 0.4], [0.6, 0.5], [0.1, float("nan")]], [[0.4, 0.8], [0.6, 0.7], [0.3, 0.9]]])
+    assert net.set_target_statistics(points)
+    torch.testing.assert_close(net.target_mean, torch.tensor([[0.3, 0.6], [0.6, 0.6], [0.2, 0.9]]))
+    # sample std; a constant coordinate gets the floor, a landmark seen once keeps scale 1
+    torch.testing.assert_close(net.target_scale, torch.tensor([[0.1414214, 0.2828427], [1e-3, 0.1414214], [0.1414214, 1.0]]))
+    with torch.no_grad():
+        out = net.eval()(x)
+    torch.testing.assert_close(out, torch.cat([net.target_mean, net.target_mean], -1).expand(2, N, 4))
+    # the statistics are buffers: they travel in the state dict and through TorchScript
+    assert {"target_mean", "target_scale"} <= set(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), out)
+    with pytest.raises(ValueError, match="target_norm"):
+        CEPHMarkNet(backbone="resnet18", target_norm="zscore")
 
 
 # ---------------------------------------------------------------- TorchScript
@@ -305,9 +369,9 @@ def test_torchscript_matches_eager(head):
     scripted = torch.jit.script(net)
     x = torch.rand(2, 1, *SMALL)
     with torch.no_grad():
-        c0, r0 = net(x)
-        c1, r1 = scripted(x)
-    torch.testing.assert_close(c1, c0)
-    torch.testing.assert_close(r1, r0)
+        eager = net(x)
+        out = scripted(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, N, 4)
+    torch.testing.assert_close(out, eager)
     with pytest.raises(torch.jit.Error, match="input_size"):
         scripted(torch.rand(1, 1, 64, 64))

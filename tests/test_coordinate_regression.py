@@ -195,6 +195,25 @@ def test_single_output_network_and_select_output(items):
     torch.testing.assert_close(points, reference)
 
 
+def test_one_tensor_with_the_outputs_side_by_side(items):
+    """CEPHMark-Net's ``(B, N, 4)`` output: ``("coarse", "refined")`` along the last axis, as the tuple."""
+    batch = _batch(items)
+    net = EchoTargets()
+    net.coords = torch.as_tensor(batch["coords"])
+
+    class Cat(nn.Module):
+        def forward(self, x):
+            return torch.cat(net(x), dim=-1)
+
+    a = CoordinateRegressionPredictor(Cat(), extra_outputs=["coarse"])(batch, torch.device("cpu"))
+    b = CoordinateRegressionPredictor(net, extra_outputs=["coarse"])(batch, torch.device("cpu"))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[2]["pred_coarse"], b[2]["pred_coarse"])
+    # a (B, N, 4) tensor for one output name is not split: it is rejected as not (B, N, 2)
+    with pytest.raises(ValueError, match=r"must be \(B, N, 2\)"):
+        CoordinateRegressionPredictor(Cat(), output="p", output_names=["p"])(batch, torch.device("cpu"))
+
+
 def test_points_outside_the_image_are_clamped(items):
     """Regression can overshoot; as every predictor, the points end on the image border ([-0.5, size - 0.5])."""
     batch = _batch(items)

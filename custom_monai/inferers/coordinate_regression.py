@@ -14,18 +14,34 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from custom_monai.transforms.heatmap import normalized_to_grid
+from custom_monai.transforms.heatmap import NormalizedCoordinatesd, normalized_to_grid
 
 from .predictor import LandmarkPredictor, clip_to_image, grid_to_original
 
-__all__ = ["CoordinateRegressionPredictor", "SelectOutput"]
+__all__ = ["CoordinateRegressionPredictor", "SelectOutput", "normalized_targets"]
+
+
+def normalized_targets(dataset: Sequence[dict], key: str = "landmarks", ref_key: str = "image") -> torch.Tensor:
+    """The regression targets of a preprocessed dataset, ``(M, N, D)`` (NaN where a landmark is missing or
+    outside the image): :class:`custom_monai.transforms.NormalizedCoordinatesd` on every item, without
+    augmentation. Used for target statistics (``CEPHMarkNet.set_target_statistics``)."""
+    to_coords = NormalizedCoordinatesd(key, ref_key=ref_key, out_key="_coords", mask_key="_mask")
+    rows = []
+    for item in dataset:
+        d = to_coords(item)
+        coords = torch.as_tensor(d["_coords"], dtype=torch.float32).clone()
+        coords[torch.as_tensor(d["_mask"]) == 0] = float("nan")
+        rows.append(coords)
+    if not rows:
+        raise ValueError("normalized_targets: the dataset is empty")
+    return torch.stack(rows)
 
 
 class SelectOutput(nn.Module):
     """Wrap a network that returns a tuple and return only its element ``index``.
 
-    Used where a tool expects one tensor, e.g. ``monai.bundle verify_net_in_out`` on CEPHMark-Net's
-    ``(coarse, refined)`` (``index=1``: the refined points, ``(B, N, 2)``).
+    Used where a tool expects one tensor from a network that returns several (CEPHMark-Net itself now returns
+    one ``(B, N, 4)`` tensor, so its bundle no longer needs this).
     """
 
     def __init__(self, network: nn.Module, index: int = -1) -> None:
@@ -43,8 +59,9 @@ class SelectOutput(nn.Module):
 class CoordinateRegressionPredictor(LandmarkPredictor):
     """Points from a network that regresses normalised coordinates of the whole input image.
 
-    The network sees ``batch[image_key]`` (B, C, *spatial) and returns (B, N, D) normalised points, or a
-    tuple of such outputs named by ``output_names`` (CEPHMark-Net: ``("coarse", "refined")``). ``output``
+    The network sees ``batch[image_key]`` (B, C, *spatial) and returns (B, N, D) normalised points, or
+    several such outputs named by ``output_names``: a tuple, or one ``(B, N, k D)`` tensor with the k outputs
+    side by side along the last axis (CEPHMark-Net: ``(B, N, 4)`` = ``("coarse", "refined")``). ``output``
     selects the prediction; ``extra_outputs`` names others that are also returned, mapped to the original
     frame, as ``{"pred_<name>": (B, N, D)}`` (the third element that
     :class:`custom_monai.engines.LandmarkEvaluator` adds to its output, e.g. for a coarse-stage MRE).
@@ -81,13 +98,19 @@ class CoordinateRegressionPredictor(LandmarkPredictor):
     def _forward(self, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
         image = batch[self.image_key]
         out = self.network(image.to(device))
-        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        spatial = tuple(image.shape[2:])
+        k, d = len(self.output_names), len(spatial)
+        if isinstance(out, (tuple, list)):
+            outs = list(out)
+        elif k > 1 and out.ndim == 3 and out.shape[-1] == k * d:  # (B, N, k D): the outputs side by side
+            outs = list(torch.split(out, d, dim=-1))
+        else:
+            outs = [out]
         if len(outs) != len(self.output_names):
             raise ValueError(
                 f"CoordinateRegressionPredictor: the network returned {len(outs)} output(s), "
                 f"expected {len(self.output_names)} named {self.output_names}."
             )
-        spatial = tuple(image.shape[2:])
         grids = {}
         for name, coords in zip(self.output_names, outs):
             if coords.ndim != 3 or coords.shape[-1] != len(spatial):

@@ -20,9 +20,10 @@ class CEPHMarkLoss(nn.Module):
     Missing landmarks (NaN target rows, or ``mask == 0``) are removed from both terms and get zero gradient;
     a head with no present landmark in the batch contributes 0.
 
-    ``forward(pred, target, mask=None)`` takes ``pred = (coarse, refined)`` as returned by
-    :class:`custom_monai.networks.cephmarknet.CEPHMarkNet` (so it can be an engine's ``loss_function``) and
-    returns the total. The parts of the last call are kept, detached, in ``last_parts`` for logging
+    ``forward(pred, target, mask=None)`` takes ``pred`` as returned by
+    :class:`custom_monai.networks.cephmarknet.CEPHMarkNet`, one ``(B, N, 2 D)`` tensor (coarse points in the
+    first D entries of the last axis, refined in the last D), so it can be an engine's ``loss_function``; a
+    ``(coarse, refined)`` pair is accepted too. It returns the total. The parts of the last call are kept, detached, in ``last_parts`` for logging
     (``"detection"``, ``"refinement"``, ``"per_head"``); :meth:`parts` returns them with their graph.
 
     Args:
@@ -42,14 +43,23 @@ class CEPHMarkLoss(nn.Module):
             raise ValueError(f"CEPHMarkLoss: {name} has shape {tuple(t.shape)}, target has {tuple(target.shape)}.")
 
     def parts(
-        self, pred: Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
+        self, pred: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """All terms: ``loss``, ``detection``, ``refinement`` and ``per_head`` (N,), with gradients."""
-        if len(pred) != 2:
-            raise ValueError(f"CEPHMarkLoss expects pred = (coarse, refined), got a sequence of {len(pred)}.")
-        coarse, refined = pred[0], pred[1]
         if target.dim() != 3 or target.shape[-1] < 1:
             raise ValueError(f"CEPHMarkLoss: target must be (B, N, D) normalised points, got {tuple(target.shape)}.")
+        if isinstance(pred, torch.Tensor):
+            if pred.dim() != 3 or pred.shape[-1] % 2 or pred.shape[-1] != 2 * target.shape[-1]:
+                raise ValueError(
+                    f"CEPHMarkLoss expects pred (B, N, 2 D) = (coarse, refined) along the last axis for a target "
+                    f"{tuple(target.shape)}, got {tuple(pred.shape)}."
+                )
+            d = pred.shape[-1] // 2
+            coarse, refined = pred[..., :d], pred[..., d:]
+        else:
+            if len(pred) != 2:
+                raise ValueError(f"CEPHMarkLoss expects pred = (coarse, refined), got a sequence of {len(pred)}.")
+            coarse, refined = pred[0], pred[1]
         self._check("coarse", coarse, target)
         self._check("refined", refined, target)
         target = target.to(coarse.dtype)
@@ -73,7 +83,7 @@ class CEPHMarkLoss(nn.Module):
         return {"loss": loss, "detection": detection, "refinement": refinement, "per_head": per_head}
 
     def forward(
-        self, pred: Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
+        self, pred: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         out = self.parts(pred, target, mask)
         self.last_parts = {k: v.detach() for k, v in out.items() if k != "loss"}
