@@ -50,7 +50,7 @@ def trained(tmp_path_factory, demo_env):
 def _net_from_settings(settings: dict):
     from custom_monai.networks import CEPHMarkNet
 
-    keys = ("backbone", "in_channels", "input_size", "head", "box_cells", "crop_size", "fusion_channels", "ldm_bias", "target_norm", "scale_offsets")
+    keys = ("backbone", "in_channels", "input_size", "head", "box_cells", "crop_size", "fusion_channels", "ldm_bias", "target_norm")
     return CEPHMarkNet(len(settings["landmark_names"]), **{k: settings[k] for k in keys})
 
 
@@ -238,25 +238,29 @@ def test_two_processes_gloo(tmp_path, demo_env):
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def test_learns_on_demo_data(tmp_path, demo_env):
-    """A short run on the demo data: coarse points below the baseline, refined points clearly below the coarse.
+def test_paper_configuration_learns_on_demo_data(tmp_path, demo_env):
+    """The paper's network (ResNet-50, 19 per-landmark heads, bias-free LDM, undetached coarse + offset) with
+    the bundle's defaults, on a CPU-sized 96 x 128 input: coarse points well below the mean-position baseline
+    and refined points below the coarse ones after 7 epochs of 12 batches (84 iterations; 3.7 CPU-minutes of
+    one thread, start-up and validation included).
 
-    Baseline = predict the mean training position of each landmark for every validation image (in mm, the
-    demo's 0.5 mm spacing). Settings: ResNet-18, shared head, 128 x 160 input, batch 4, Adam 1e-3 with the LDM
-    at 1e-4 (``ldm_lr_factor`` 0.1) and the non-paper ``ldm_bias`` (LDM starts at the image centre), 40 epochs
-    of 12 batches: about 3.5 minutes (one torch thread).
-
-    Measured: refined 2.74 mm, coarse 3.29 mm, baseline 8.31 mm. Without ``ldm_bias`` (the paper's bias-free
-    LDM, 96 x 128 input) the coarse points stayed above the baseline (refined 5.30, coarse 17.94 mm).
+    The defaults that make it train (measured in docs/README.md): regression targets normalised by each
+    landmark's training mean and standard deviation (``target_norm`` "dataset"), the LDM weight and the heads'
+    last layer starting at zero, Adam 1e-3 with the LDM at 1e-4 (``ldm_lr_factor`` 0.1), 10 % linear warm-up
+    then cosine to 1 %, gradient norm clipped to 1, SFB BatchNorm momentum 0.1. The resumable checkpoint
+    (network + Adam state: 2.6 GB for these 219 M parameters) is switched off to keep the test small.
+    Measured (seed 0): refined 4.06 mm, coarse 4.49 mm, baseline 8.31 mm.
     """
-    log = train(BUNDLE, tmp_path, demo_env, timeout=1800, max_epochs=40, val_interval=40, batch_size=4, learning_rate=0.001,
-                ldm_lr_factor=0.1, ldm_bias=True, **NET, input_size=[128, 160])
+    log = train(BUNDLE, tmp_path, demo_env, timeout=2400, input_size=[96, 128], max_epochs=7, val_interval=7,
+                **{"train#stage_handlers#0#_disabled_": True})
+    settings = json.loads((tmp_path / "models" / "model.json").read_text())["settings"]
+    assert (settings["backbone"], settings["head"], settings["ldm_bias"]) == ("resnet50", "per_landmark", False)
     logged = last_metrics(log, "val_mre", "val_mre_coarse")
     baseline = mean_position_baseline(demo_datalist(demo_env), "validation")
     print(f"validation MRE (mm): refined {logged['val_mre']:.2f}, coarse {logged['val_mre_coarse']:.2f}, "
           f"mean-position baseline {baseline:.2f}")
     assert logged["val_mre_coarse"] < 0.7 * baseline
-    assert logged["val_mre"] < 0.92 * logged["val_mre_coarse"]
+    assert logged["val_mre"] < logged["val_mre_coarse"]
 
 
 @pytest.mark.realdata

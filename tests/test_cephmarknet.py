@@ -12,6 +12,7 @@ from scipy import ndimage
 from custom_monai.losses.cephmarknet_loss import CEPHMarkLoss
 from custom_monai.networks.cephmarknet import (
     CEPHMarkNet,
+    GradientNormClipping,
     PerLandmarkRefinementHeads,
     SharedRefinementHead,
     count_parameters,
@@ -357,6 +358,21 @@ def test_target_normalisation_and_zero_init():
         torch.testing.assert_close(torch.jit.script(net)(x), out)
     with pytest.raises(ValueError, match="target_norm"):
         CEPHMarkNet(backbone="resnet18", target_norm="zscore")
+
+
+def test_gradient_norm_clipping_handler():
+    from types import SimpleNamespace
+
+    net = nn.Linear(4, 3)
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    clip = GradientNormClipping(net, max_norm=1.0)
+    clip(SimpleNamespace(amp=False, scaler=None))
+    assert clip.last_norm == pytest.approx(10.0 * (15**0.5), rel=1e-5)  # the norm before clipping
+    assert torch.cat([p.grad.flatten() for p in net.parameters()]).norm().item() == pytest.approx(1.0, rel=1e-4)
+    events = []
+    GradientNormClipping(net, max_norm=0.0).attach(SimpleNamespace(add_event_handler=lambda *a: events.append(a)))
+    assert events == []  # 0 = off
 
 
 # ---------------------------------------------------------------- TorchScript

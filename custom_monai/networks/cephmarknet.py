@@ -23,6 +23,7 @@ from monai.networks.nets import resnet18, resnet34, resnet50
 
 __all__ = [
     "CEPHMarkNet",
+    "GradientNormClipping",
     "SemanticFusionBlock",
     "PerLandmarkRefinementHeads",
     "SharedRefinementHead",
@@ -278,9 +279,6 @@ class CEPHMarkNet(nn.Module):
         zero_init_heads: initialise the LDM's weight and the refinement heads' last layer to zero (not in the
             paper), so training starts with every coarse point at ``target_mean`` (plus the bias, if any) and
             every offset at 0.
-        scale_offsets: the refinement offsets are in units of ``target_scale`` too (``refined = coarse +
-            target_scale * lrm(crops)``), so both stages regress normalised targets; with ``target_norm``
-            "none" or "centre" the scale is 1 and this changes nothing.
         fusion_bn_momentum: momentum of the SFB's BatchNorm running statistics (PyTorch convention; paper: Keras
             0.99 = 0.01 here). Training only: the running statistics are in the state dict.
     """
@@ -300,7 +298,6 @@ class CEPHMarkNet(nn.Module):
         target_norm: str = "none",
         zero_init_heads: bool = False,
         fusion_bn_momentum: float = 0.01,
-        scale_offsets: bool = False,
     ) -> None:
         super().__init__()
         if backbone not in _BACKBONES:
@@ -327,7 +324,6 @@ class CEPHMarkNet(nn.Module):
         self.head_type = head
         self.detach_coarse: bool = bool(detach_coarse)
         self.target_norm = target_norm
-        self.scale_offsets: bool = bool(scale_offsets)
         origin = 0.0 if target_norm == "none" else 0.5
         self.register_buffer("target_mean", torch.full((self.n_landmarks, 2), origin))
         self.register_buffer("target_scale", torch.ones(self.n_landmarks, 2))
@@ -424,11 +420,37 @@ class CEPHMarkNet(nn.Module):
             dim=2,
         )
         offset = self.lrm(crops)
-        if self.scale_offsets:
-            offset = self.target_scale * offset
         refined = (centres if self.detach_coarse else coarse) + offset
         return coarse, refined
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         coarse, refined = self.forward_pair(x)
         return torch.cat([coarse, refined], dim=-1)
+
+
+class GradientNormClipping:
+    """Ignite handler: clip the global gradient norm of ``network`` to ``max_norm`` before each optimizer step.
+
+    Attached to a MONAI trainer, it runs on ``IterationEvents.BACKWARD_COMPLETED`` (after ``backward``, before
+    ``optimizer.step``); with AMP it unscales the gradients first. ``max_norm`` <= 0 disables it. The
+    cephmarknet_ceph2d bundle uses it (``grad_clip``, measured in its docs); it lives here until a shared
+    handler exists in :mod:`custom_monai.handlers`.
+    """
+
+    def __init__(self, network: nn.Module, max_norm: float) -> None:
+        self.network = network
+        self.max_norm = float(max_norm)
+        self.last_norm: float | None = None
+
+    def attach(self, engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        if self.max_norm > 0:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if getattr(engine, "amp", False) and scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        params = [p for p in self.network.parameters() if p.grad is not None]
+        self.last_norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True))
