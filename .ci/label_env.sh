@@ -6,7 +6,7 @@
 # The venv holds dependencies only and is cached outside the clone, keyed on a hash of the pinned
 # list below, pyproject.toml and the python version (like .ci/run's main venv); the project itself
 # is always installed from this clone in editable mode, without dependencies.
-#   LABEL_VENV=DIR          use exactly this folder instead of the cache (e.g. /work/label-venv)
+#   LABEL_VENV=DIR          use exactly this folder instead of the cache (e.g. ~/label-venv)
 #   CUSTOM_MONAI_CI_CACHE   cache root (default ~/.cache/custom_monai-ci)
 # Usage from .ci/run:  export CUSTOM_MONAI_LABEL_PYTHON="$(bash .ci/label_env.sh | tail -n 1)"
 set -euo pipefail
