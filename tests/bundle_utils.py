@@ -15,6 +15,23 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# tiny global-to-local FCNN 2D settings: each bundle run takes seconds on one CPU thread
+GLOBAL_LOCAL_2D_TINY = dict(
+    global_channels=[8, 16, 32, 64],
+    global_blocks=[1, 1, 1, 1],
+    global_head_channels=16,
+    global_scale=0.2,  # non-default preprocessing: evaluation and inference must take it from model.json
+    chunk_size=[64, 64],
+    local_channels=[8, 8],
+    local_head_channels=8,
+    patch_size=16,
+    patches_per_image=1,
+    batch_size=8,
+    local_batch_size=8,
+    val_interval=1,
+)
+
+
 def bundle_configs(name: str, *files: str) -> str:
     """The ``--config_file`` value for one or several config files of bundle ``name``."""
     paths = [str(REPO_ROOT / "bundles" / name / "configs" / f) for f in files]

@@ -16,23 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_utils import assert_same_points, assert_tracked_evaluation, assert_tracked_training, bundle_fails, prediction_points, REPO_ROOT, assert_scores_match, bundle_configs, demo_datalist, evaluate, infer, overrides, run_bundle, train
+from bundle_utils import GLOBAL_LOCAL_2D_TINY, assert_same_points, assert_tracked_evaluation, assert_tracked_training, bundle_fails, prediction_points, REPO_ROOT, assert_scores_match, bundle_configs, demo_datalist, evaluate, infer, overrides, run_bundle, train
 
 BUNDLE = "global_local_fcnn_ceph2d"
-TINY = dict(
-    global_channels=[8, 16, 32, 64],
-    global_blocks=[1, 1, 1, 1],
-    global_head_channels=16,
-    global_scale=0.2,  # non-default preprocessing: evaluation and inference must take it from model.json
-    chunk_size=[64, 64],
-    local_channels=[8, 8],
-    local_head_channels=8,
-    patch_size=16,
-    patches_per_image=1,
-    batch_size=8,
-    local_batch_size=8,
-    val_interval=1,
-)
+TINY = GLOBAL_LOCAL_2D_TINY
 
 pytestmark = pytest.mark.slow
 

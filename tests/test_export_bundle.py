@@ -11,21 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_utils import prediction_points, REPO_ROOT, bundle_configs, demo_datalist, overrides, run_bundle, train
+from bundle_utils import GLOBAL_LOCAL_2D_TINY, prediction_points, REPO_ROOT, bundle_configs, demo_datalist, overrides, run_bundle, train
 
 BUNDLE = "global_local_fcnn_ceph2d"
-TINY = dict(
-    global_channels=[8, 16, 32, 64],
-    global_blocks=[1, 1, 1, 1],
-    global_head_channels=16,
-    chunk_size=[64, 64],
-    local_channels=[8, 8],
-    local_head_channels=8,
-    patch_size=16,
-    batch_size=8,
-    local_batch_size=8,
-    val_interval=1,
-)
+TINY = GLOBAL_LOCAL_2D_TINY
 # Runs monai.bundle with the installed custom_monai hidden: only the exported bundle's scripts/ copy can be imported.
 HIDDEN_RUNNER = """
 import runpy, sys
