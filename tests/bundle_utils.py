@@ -98,33 +98,10 @@ def last_metrics(log: str, *names: str) -> dict[str, float]:
 
 
 def mean_position_baseline(datalist: Path, section: str) -> float:
-    """MRE (mm) of predicting the training-set mean landmark positions for every item of ``section``.
+    """MRE (mm) of the mean training positions on ``section`` (:func:`custom_monai.metrics.mean_position_baseline`)."""
+    from custom_monai.metrics import mean_position_baseline as baseline
 
-    The best constant guess: a learning test must beat it. 3D datalists hold world millimetres already;
-    2D pixel points are scaled by each image's spacing (1, i.e. pixels, for an item without one). Missing
-    landmarks (``null`` or NaN) are ignored: the mean position is a per-landmark nanmean over the training
-    items, and a missing ground-truth point (or a landmark that no training item has) adds no error.
-    """
-    dl = json.loads(Path(datalist).read_text())
-    n = len(dl["landmark_names"])
-
-    def points(item) -> np.ndarray:
-        rows = item.get("landmarks") or [None] * n
-        d = next((len(r) for r in rows if r is not None), 3 if dl.get("coordinate_space") == "world" else 2)
-        return np.array([[np.nan] * d if r is None else [np.nan if v is None else v for v in r] for r in rows], float)
-
-    train = np.stack([points(it) for it in dl["training"]])
-    items = dl[section]
-    target = np.stack([points(it) for it in items])
-    counts = np.isfinite(train).all(axis=-1).sum(axis=0)  # training items per landmark
-    mean = np.where(np.isfinite(train), train, 0.0).sum(axis=0) / np.maximum(counts, 1)[:, None]
-    mean[counts == 0] = np.nan
-    if dl.get("coordinate_space") == "world":
-        scale = 1.0
-    else:
-        scale = np.array([it.get("spacing") or [1.0] * target.shape[-1] for it in items], dtype=float)[:, None, :]
-    err = np.linalg.norm((target - mean) * scale, axis=-1)
-    return float(np.mean(err[np.isfinite(err)]))
+    return baseline(datalist, section)
 
 
 def hamedan_subset(data_dir: Path, out_dir: Path, n_train: int = 4, n_val: int = 2) -> Path:

@@ -388,6 +388,7 @@ LEARN = dict(
     lr_min_factor=1.0,
     patches_per_image=8,
     local_batch_size=16,
+    max_train_minutes=0,  # the demo data's default 7-minute budget would cut this run short on a busy machine
 )
 
 

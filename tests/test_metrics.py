@@ -354,3 +354,35 @@ def test_interobserver_error_hamedan(data_dir):
     assert s["n_points"] - s["n_not_found"] == 1892  # pairs both annotated exactly once
     assert s["mre_px"] == pytest.approx(11.41, abs=0.01)
     assert s["mre_mm"] == pytest.approx(11.41 * 0.127, abs=0.01)
+
+
+def test_mean_position_baseline_by_hand_with_missing_points(tmp_path):
+    """Per-landmark nanmean of the training points, errors scaled by spacing; missing points add nothing."""
+    from custom_monai.metrics import mean_position_baseline
+
+    dl = {
+        "landmark_names": ["A", "B"],
+        "training": [
+            {"landmarks": [[0.0, 0.0], [10.0, 10.0]]},
+            {"landmarks": [[2.0, 0.0], None]},
+            {"landmarks": [[4.0, 0.0], [None, 3.0]]},
+        ],
+        "validation": [{"landmarks": [[2.0, 3.0], [10.0, 12.0]], "spacing": [0.5, 0.5]}, {"landmarks": [None, [10.0, 10.0]]}],
+    }
+    # mean A = (2, 0), mean B = (10, 10): errors 3 * 0.5, 2 * 0.5, and 0 (pixels: no spacing)
+    assert mean_position_baseline(dl, "validation") == pytest.approx((1.5 + 1.0 + 0.0) / 3)
+    (tmp_path / "dl.json").write_text(json.dumps(dl))
+    assert mean_position_baseline(tmp_path / "dl.json", "validation") == pytest.approx(2.5 / 3)
+    with pytest.raises(ValueError, match="'test'"):
+        mean_position_baseline(dl, "test")
+
+
+def test_training_summary_names_metric_and_baseline(tmp_path, capsys):
+    from custom_monai.handlers import log_training_summary, save_model
+
+    dl = {"landmark_names": ["A"], "training": [{"landmarks": [[0.0, 0.0]]}, {"landmarks": [[4.0, 0.0]]}],
+          "validation": [{"landmarks": [[2.0, 3.0]], "spacing": [0.1, 0.1]}]}
+    path = save_model(torch.nn.Linear(1, 1), tmp_path / "model.pt", {"landmark_names": ["A"]}, metric=0.123, epoch=7)
+    text = log_training_summary(path, dl)
+    assert "val_mre 0.12 mm on 'validation' (epoch 7)" in text and "baseline on the same images: 0.30 mm" in text
+    assert text in capsys.readouterr().out

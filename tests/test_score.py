@@ -133,3 +133,27 @@ def test_score_command_line(tmp_path, repo_root):
     assert "MRE 0.900 mm" in r.stdout and "SDR 2.0 mm: 37.50%" in r.stdout
     assert "no prediction file" in r.stderr
     assert json.loads(out.read_text())["missing_predictions"] == ["c"]
+
+
+def test_compare_variants_counts_moved_and_rescued(tmp_path):
+    """scripts/compare_variants.py: per landmark, correct->wrong and wrong->correct counts and outliers."""
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("compare_variants", Path(__file__).parents[1] / "scripts" / "compare_variants.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    header = "id,index,name,pred_x,pred_y,gt_x,gt_y,error_px,error_mm,status\n"
+    before = {("a", "S"): 1.0, ("b", "S"): 3.0, ("c", "S"): 5.0, ("a", "N"): 1.5, ("b", "N"): 0.5, ("c", "N"): ""}
+    after = {("a", "S"): 2.5, ("b", "S"): 1.0, ("c", "S"): 1.9, ("a", "N"): 4.5, ("b", "N"): 0.4, ("c", "N"): 0.3}
+    for name, table in (("before", before), ("after", after)):
+        rows = "".join(f"{i},1,{n},0,0,0,0,,{e},ok\n" for (i, n), e in table.items())
+        (tmp_path / f"{name}.csv").write_text(header + rows)
+    res = mod.compare(str(tmp_path / "before.csv"), str(tmp_path / "after.csv"), threshold=2.0, outlier=4.0, out=str(tmp_path / "t.md"))
+    by = {r["landmark"]: r for r in res["landmarks"]}
+    assert (by["S"]["moved_away"], by["S"]["rescued"], by["S"]["outliers_before"], by["S"]["outliers_after"]) == (1, 2, 1, 0)
+    assert (by["N"]["moved_away"], by["N"]["rescued"], by["N"]["outliers_before"], by["N"]["outliers_after"]) == (1, 1, 1, 1)
+    assert res["total"]["moved_away"] == 2 and res["total"]["rescued"] == 3
+    assert "| S | 3.00 | 1.80 | 1 | 2 | 1 | 0 |" in (tmp_path / "t.md").read_text()
+    (tmp_path / "short.csv").write_text(header + "a,1,S,0,0,0,0,0,1.0,ok\n")
+    with pytest.raises(ValueError, match="same"):
+        mod.compare(str(tmp_path / "before.csv"), str(tmp_path / "short.csv"))

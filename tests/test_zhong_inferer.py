@@ -139,10 +139,29 @@ def test_expansion_recovers_true_point(shift):
     err = (pts - TRUE).norm(dim=1)
     assert torch.all(err < 0.5), err
     assert torch.all(conf > 0.9) and torch.all(conf <= 1.0)
-    # 4 landmarks x 5 regions in ceil(20 / 32) = 1 forward pass; region centres at coarse + (±60, ±60)
-    assert len(net.offsets) == 1
-    seen = net.offsets[0].view(4, 5, 2) + 75
+    # the 4 centred regions in one forward pass, then 4 x 4 corner regions in ceil(16 / 32) = 1 more;
+    # region centres at coarse and coarse + (±60, ±60)
+    assert len(net.offsets) == 2
+    seen = torch.cat([net.offsets[1].view(4, 4, 2), net.offsets[0].view(4, 1, 2)], 1) + 75
     assert torch.allclose(seen, torch.floor(expansive_regions(coarse) + 0.5))
+    assert inferer.explored.all()
+
+
+def test_adaptive_expansion_explores_only_unconfident_landmarks():
+    """``expand_below``: a landmark found in its centred region keeps the no-expansion answer and costs one
+    region; a global miss (only a Gaussian tail in the centred region) is explored and recovered."""
+    img = coordinate_image(400, 420)
+    net = OracleNet(TRUE, image_h=420)
+    coarse = TRUE - torch.tensor([[10.0, 5.0], [-100.0, 90.0], [3.0, -4.0], [0.0, 0.0]])  # landmark 1 is missed
+    inferer = ExpansiveExplorationInferer(net, region_size=150, eps=1.8, expand=True, expand_below=0.5)
+    pts, conf = inferer(img, coarse)
+    assert torch.all((pts - TRUE).norm(dim=1) < 0.5)
+    assert inferer.explored.tolist() == [False, True, False, False]
+    assert [o.shape[0] for o in net.offsets] == [4, 4]  # 4 centred regions, then 4 corners of landmark 1 only
+    single = ExpansiveExplorationInferer(net, region_size=150, expand=False)(img, coarse)[0]
+    assert (single[1] - TRUE[1]).norm() > 10.0 and torch.allclose(single[[0, 2, 3]], pts[[0, 2, 3]])
+    never = ExpansiveExplorationInferer(net, region_size=150, expand=True, expand_below=0.0)
+    assert torch.equal(never(img, coarse)[0], single) and not never.explored.any()
 
 
 def test_without_expansion_fails_outside_the_centred_region():

@@ -93,10 +93,10 @@ def test_masked_channels_do_not_change_loss():
 
 
 def test_mask_matches_hand_computation():
-    """Default mask: the channel stays in the softmax, its own terms are dropped, focal mean over kept ones."""
+    """missing="background": the channel stays in the softmax, its own terms are dropped, focal mean over kept ones."""
     logits = [[[0.5, -1.0, 2.0], [1.5, 0.0, -0.5], [-0.3, 0.7, 0.1]]]
     target = [[[0.9, 0.005, 0.3], [0.0, 0.6, 0.2], [0.1, 0.395, 0.5]]]
-    got = SoftCEFocalLoss()(
+    got = SoftCEFocalLoss(missing="background")(
         torch.tensor(logits, dtype=torch.float64), torch.tensor(target, dtype=torch.float64), torch.tensor([[1, 0]])
     )
     ce = fl = 0.0
@@ -111,7 +111,90 @@ def test_mask_matches_hand_computation():
     assert got.item() == pytest.approx(0.5 * ce / 3 + 0.5 * fl / (3 * 2), rel=1e-10)
 
 
-def test_mask_softmax_ignores_masked_logits():
+def test_merge_matches_hand_computation():
+    """missing="merge" (default): the masked channel's probability is added to the background's."""
+    logits = [[[0.5, -1.0, 2.0], [1.5, 0.0, -0.5], [-0.3, 0.7, 0.1]]]
+    target = [[[0.9, 0.005, 0.3], [0.0, 0.6, 0.2], [0.1, 0.395, 0.5]]]
+    got = SoftCEFocalLoss()(
+        torch.tensor(logits, dtype=torch.float64), torch.tensor(target, dtype=torch.float64), torch.tensor([[1, 0]])
+    )
+    ce = fl = 0.0
+    for x in range(3):
+        ez = [math.exp(logits[0][c][x]) for c in range(3)]
+        p = [v / sum(ez) for v in ez]
+        p = [p[0], p[1] + p[2]]  # landmark 0, background + masked landmark 1
+        h = [target[0][0][x], target[0][2][x]]
+        for c in range(2):
+            ce += -h[c] * math.log(p[c])
+            ht, at = (p[c], 0.25) if h[c] > 0.01 else (1 - p[c], 0.75)
+            fl += -at * (1 - ht) ** 2 * math.log(ht)
+    assert got.item() == pytest.approx(0.5 * ce / 3 + 0.5 * fl / (3 * 2), rel=1e-10)
+
+
+def test_merge_is_blind_to_how_background_and_missing_share_mass():
+    """Moving probability between the background and a missing landmark's channel leaves the loss unchanged:
+    the unannotated location is never trained as background (the "background" mode does exactly that)."""
+    torch.manual_seed(7)
+    x = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    t = torch.softmax(torch.randn(1, 3, 6, 6, dtype=torch.float64) * 2, 1)
+    t[0, 1] = 0.0
+    t = t / t.sum(1, keepdim=True)
+    mask = torch.tensor([[1, 0]])
+    both = torch.logsumexp(x[0, 1:], 0)
+    share = torch.sigmoid(torch.randn(6, 6, dtype=torch.float64) * 3)  # new fraction of that mass for landmark 1
+    x2 = x.clone()
+    x2[0, 1], x2[0, 2] = both + torch.log(share), both + torch.log1p(-share)
+    merge = SoftCEFocalLoss(missing="merge")
+    assert merge(x2, t, mask).item() == pytest.approx(merge(x, t, mask).item(), rel=1e-9)
+    background = SoftCEFocalLoss(missing="background")
+    assert background(x2, t, mask).item() != pytest.approx(background(x, t, mask).item(), rel=1e-3)
+
+
+def test_merge_keeps_a_missing_landmark_detectable():
+    """A tiny net learns two landmarks; landmark 0 is unannotated in half the samples. Trained with "merge" its
+    channel stays as sharp at the true location as when fully annotated; "background" teaches it to vanish."""
+
+    def make(seed):
+        g = torch.Generator().manual_seed(seed)
+        pos = torch.randint(4, 12, (64, 2, 2), generator=g)
+        img = torch.zeros(64, 2, 16, 16)
+        tgt = torch.zeros(64, 3, 16, 16)
+        for i in range(64):
+            for k in range(2):
+                img[i, k, pos[i, k, 0], pos[i, k, 1]] = 1.0
+                tgt[i, k, pos[i, k, 0], pos[i, k, 1]] = 1.0
+        tgt[:, 2] = 1.0 - tgt[:, :2].sum(1)
+        return img, tgt, pos
+
+    img, tgt, pos = make(0)
+    mask = torch.ones(64, 2)
+    mask[::2, 0] = 0  # landmark 0 unannotated in every other sample: no Gaussian, background 1 at its location
+    tgt[::2, 0] = 0.0
+    tgt[:, 2] = 1.0 - tgt[:, :2].sum(1)
+    peak = {}
+    for mode in ("merge", "background"):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+        opt = torch.optim.Adam(net.parameters(), 1e-2)
+        loss_fn = SoftCEFocalLoss(focal_weight=0.0, missing=mode)
+        for _ in range(150):
+            opt.zero_grad()
+            loss_fn(net(img), tgt, mask).backward()
+            opt.step()
+        test_img, _, test_pos = make(1)
+        with torch.no_grad():
+            prob = torch.softmax(net(test_img), 1)
+        peak[mode] = torch.stack([prob[i, 0, test_pos[i, 0, 0], test_pos[i, 0, 1]] for i in range(64)]).mean().item()
+    assert peak["merge"] > 0.5, peak
+    assert peak["background"] < peak["merge"] - 0.1, peak
+
+
+def test_unknown_missing_mode_is_refused():
+    with pytest.raises(ValueError, match="missing must be"):
+        SoftCEFocalLoss(missing="drop")
+
+
+def test_exclude_ignores_masked_logits():
     torch.manual_seed(2)
     x = torch.randn(2, 4, 7, 7)
     t = torch.softmax(torch.randn(2, 4, 7, 7) * 2, 1)
@@ -119,39 +202,39 @@ def test_mask_softmax_ignores_masked_logits():
     x2 = x.clone()
     x2[0, 1] = torch.randn(7, 7) * 10
     x2[1, 0] = 25.0
-    strict = SoftCEFocalLoss(reduction="none", mask_softmax=True)
+    strict = SoftCEFocalLoss(reduction="none", missing="exclude")
     assert torch.allclose(strict(x2, t, mask), strict(x, t, mask), rtol=1e-6, atol=1e-7)
-    default = SoftCEFocalLoss(reduction="none")  # here the masked logits still take mass from the background
+    default = SoftCEFocalLoss(reduction="none", missing="background")  # the masked logits take mass from the background
     assert not torch.allclose(default(x2, t, mask), default(x, t, mask))
 
 
-def test_mask_softmax_equals_loss_without_that_channel():
-    """With mask_softmax, masking channel k is the same as deleting it from logits and target."""
+def test_exclude_equals_loss_without_that_channel():
+    """With missing="exclude", masking channel k is the same as deleting it from logits and target."""
     torch.manual_seed(3)
     x = torch.randn(1, 4, 5, 6, dtype=torch.float64)
     t = torch.softmax(torch.randn(1, 4, 5, 6, dtype=torch.float64), 1)
     t[0, 1] = 0.0
     t = t / t.sum(1, keepdim=True)
-    masked = SoftCEFocalLoss(mask_softmax=True)(x, t, torch.tensor([[1, 0, 1]]))
+    masked = SoftCEFocalLoss(missing="exclude")(x, t, torch.tensor([[1, 0, 1]]))
     dropped = SoftCEFocalLoss()(x[:, [0, 2, 3]], t[:, [0, 2, 3]])
     assert masked.item() == pytest.approx(dropped.item(), rel=1e-9)
 
 
-@pytest.mark.parametrize("mask_softmax", [False, True])
+@pytest.mark.parametrize("missing", ["merge", "exclude", "background"])
 @pytest.mark.parametrize("shape", [(2, 5, 9, 11), (2, 3, 4, 5, 6)])
-def test_gradient_finite_2d_3d(shape, mask_softmax):
+def test_gradient_finite_2d_3d(shape, missing):
     torch.manual_seed(4)
     x = (torch.randn(*shape) * 40).requires_grad_(True)  # extreme logits
     t = torch.softmax(torch.randn(*shape) * 3, 1)
     mask = torch.ones(shape[0], shape[1] - 1)
     mask[0, 0] = 0
-    value = SoftCEFocalLoss(mask_softmax=mask_softmax)(x, t, mask)
+    value = SoftCEFocalLoss(missing=missing)(x, t, mask)
     value.backward()
     assert torch.isfinite(value)
     assert torch.isfinite(x.grad).all()
     assert x.grad.abs().sum() > 0
-    # masked channel: no gradient when removed from the softmax, only the background's pull otherwise
-    assert torch.all(x.grad[0, 0] == 0) == mask_softmax
+    # masked channel: no gradient when removed from the softmax; through the background's term otherwise
+    assert torch.all(x.grad[0, 0] == 0) == (missing == "exclude")
 
 
 def test_3d_matches_flattened_2d():

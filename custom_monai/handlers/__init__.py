@@ -14,6 +14,7 @@ from .checkpoint import (
 )
 from .report import LandmarkReportHandler
 from .schedule import ProgressAttributeSwitch, ProgressLRHandler, lr_factor
+from .summary import log_training_summary
 from .time_budget import TimeBudgetHandler
 from .tracking import TrackingExtras, stage_handlers
 from .validation import LandmarkValidationHandler
@@ -41,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "lr_factor",
     "load_model",
+    "log_training_summary",
     "save_model",
     "settings_path",
     "stage_handlers",

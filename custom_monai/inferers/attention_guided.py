@@ -32,6 +32,8 @@ class AttentionGuidedPredictor(LandmarkPredictor):
         global_key: batch key of the global-resolution image.
         local_key: batch key of the local-resolution image.
         region_batch_size: regions per local forward pass.
+        expand_below: explore only landmarks whose centred region's peak probability is below this
+            (``1.0``: all, the paper); see :class:`ExpansiveExplorationInferer`.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class AttentionGuidedPredictor(LandmarkPredictor):
         global_key: str = "image",
         local_key: str = "image_local",
         region_batch_size: int = 32,
+        expand_below: float = 1.0,
     ) -> None:
         if stage not in ("full", "global"):
             raise ValueError(f"stage must be 'full' or 'global', got {stage!r}")
@@ -69,6 +72,7 @@ class AttentionGuidedPredictor(LandmarkPredictor):
                 background=True,
                 softmax=True,
                 batch_size=region_batch_size,
+                expand_below=expand_below,
             )
 
     def predict_grid(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -8,6 +8,13 @@ softmax channel of that landmark from every region is pasted into a heatmap ``H_
 dropped, and the landmark is the unweighted mean position of the remaining pixels
 (:func:`decode_threshold_mean`).
 
+``expand_below`` makes the exploration adaptive: the centred region runs for every landmark, and the
+corner regions only for landmarks whose centred-region peak probability is below ``expand_below``
+(``1.0`` = always, the paper; ``0.0`` = never, the paper's "without expansion" row). A confident centred
+region means the global stage found the landmark, and exploring it can only add look-alike structures
+to the merged map; an unconfident one is the global miss that exploration is for. It also saves the
+corner regions' forward passes for every confident landmark.
+
 Everything here is plain torch and works for 2D and 3D (``2**D`` corner regions + 1). Instead of a
 full-size ``H_M`` per landmark, the regions are pasted into a local canvas covering their union
 (side ``eps * region``), which gives the same result: the full-size map is 0 outside the canvas, so
@@ -191,14 +198,17 @@ class ExpansiveExplorationInferer:
         threshold: threshold on the min-max-normalised merged heatmap (paper: 0.5).
         background: the network's last output channel is background (so C = N + 1, else C = N).
         softmax: apply a softmax over channels to the network output.
-        batch_size: regions per forward pass (all N * (2**D + 1) regions are split into chunks of this size).
+        batch_size: regions per forward pass (the regions are split into chunks of this size).
+        expand_below: with ``expand``, explore only landmarks whose centred region's peak probability is
+            below this (``1.0``: every landmark, as in the paper).
 
     ``__call__(image, coarse) -> (points (N, D), confidence (N,))``: ``image`` (1, C_in, *spatial) at
     the local scale, ``coarse`` (N, D) coarse points on the same grid. ``points`` are on that grid;
     ``confidence`` is the maximum of the landmark's averaged probability map. A landmark whose merged map
     is constant (nothing to threshold) keeps its coarse point with confidence 0; a NaN coarse point
     gives a NaN point. The network runs under ``torch.no_grad()``; putting it in eval mode is the
-    caller's job (MONAI's evaluators do).
+    caller's job (MONAI's evaluators do). After a call, ``explored`` holds the (N,) bool of the landmarks
+    whose corner regions ran.
     """
 
     def __init__(
@@ -211,6 +221,7 @@ class ExpansiveExplorationInferer:
         background: bool = True,
         softmax: bool = True,
         batch_size: int = 32,
+        expand_below: float = 1.0,
     ) -> None:
         if int(region_size) < 1:
             raise ValueError(f"ExpansiveExplorationInferer: region_size must be >= 1, got {region_size}")
@@ -226,6 +237,8 @@ class ExpansiveExplorationInferer:
         self.background = background
         self.softmax = softmax
         self.batch_size = int(batch_size)
+        self.expand_below = float(expand_below)
+        self.explored: torch.Tensor | None = None
 
     def region_starts(self, coarse: torch.Tensor) -> torch.Tensor:
         """(N, P, D) integer start corners of the regions around each coarse point."""
@@ -270,15 +283,41 @@ class ExpansiveExplorationInferer:
         missing = ~torch.isfinite(coarse).all(1)
         coarse_filled = torch.where(missing[:, None], torch.zeros_like(coarse), coarse)
 
-        starts = self.region_starts(coarse_filled)  # (N, P, D)
-        p = starts.shape[1]
-        patches, inside = crop_regions(image[0], starts.reshape(n * p, dims), self.region_size)
-        channel = torch.arange(n, device=image.device).repeat_interleave(p)
-        maps = self._run_net(patches, channel, n)  # (N*P, *region)
-        size = list(maps.shape[1:])
-        maps = maps.reshape([n, p] + size)
-        inside = inside.reshape([n, p] + size)
+        # the centred region of every landmark (the whole inference without expansion)
+        centre = torch.floor(coarse_filled + 0.5).long()[:, None] - self.region_size // 2  # (N, 1, D)
+        patches, inside = crop_regions(image[0], centre[:, 0], self.region_size)
+        maps = self._run_net(patches, torch.arange(n, device=image.device), n)[:, None]  # (N, 1, *region)
+        inside = inside[:, None]
+        points, confidence = self._decode(image, centre, maps, inside, coarse_filled)
+        explored = torch.zeros(n, dtype=torch.bool, device=image.device)
+        if self.expand:
+            peak = torch.where(inside, maps, torch.zeros_like(maps)).reshape(n, -1).amax(1)
+            explored = (peak < self.expand_below) & ~missing
+        which = explored.nonzero()[:, 0]
+        if which.numel():
+            corners = self.region_starts(coarse_filled[which])[:, :-1]  # (K, 2**D, D), the centre is last
+            k, p = corners.shape[:2]
+            c_patches, c_inside = crop_regions(image[0], corners.reshape(k * p, dims), self.region_size)
+            c_maps = self._run_net(c_patches, which.repeat_interleave(p), n)
+            size = list(c_maps.shape[1:])
+            starts = torch.cat([corners, centre[which]], 1)
+            all_maps = torch.cat([c_maps.reshape([k, p] + size), maps[which]], 1)
+            all_inside = torch.cat([c_inside.reshape([k, p] + size), inside[which]], 1)
+            e_points, e_conf = self._decode(image, starts, all_maps, all_inside, coarse_filled[which])
+            points[which], confidence[which] = e_points, e_conf
+        self.explored = explored
+        points = torch.where(missing[:, None], torch.full_like(points, math.nan), points)
+        confidence = torch.where(missing, torch.zeros_like(confidence), confidence)
+        return points, confidence
 
+    def _decode(
+        self, image: torch.Tensor, starts: torch.Tensor, maps: torch.Tensor, inside: torch.Tensor, fallback: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merge each landmark's (P, *region) maps placed at ``starts`` (N, P, D) and decode one point each.
+
+        A landmark whose merged map is constant keeps its ``fallback`` point with confidence 0.
+        """
+        n = starts.shape[0]
         origin = starts.amin(1)  # (N, D)
         rel = starts - origin[:, None]
         canvas = [int(v) + self.region_size for v in rel.amax((0, 1)).tolist()]
@@ -293,9 +332,6 @@ class ExpansiveExplorationInferer:
         points, found = decode_threshold_mean(merged, self.threshold, valid=covered, minimum=minimum)
         points = points + origin.to(points.dtype)
         confidence = merged.reshape(n, -1).amax(1)
-
-        points = torch.where(found[:, None], points, coarse_filled)
+        points = torch.where(found[:, None], points, fallback)
         confidence = torch.where(found, confidence, torch.zeros_like(confidence))
-        points = torch.where(missing[:, None], torch.full_like(points, math.nan), points)
-        confidence = torch.where(missing, torch.zeros_like(confidence), confidence)
         return points, confidence

@@ -55,20 +55,25 @@ class SoftCEFocalLoss(nn.Module):
             and switch it to 1 when the focal term should start.
         fg_threshold: a pixel is foreground for channel ``c`` where ``H_c > fg_threshold`` (paper: 0.01).
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for a (B,) tensor.
-        mask_softmax: also remove masked channels from the softmax (see ``mask`` below).
+        missing: what a masked (unannotated) landmark channel means for the softmax, see ``mask`` below:
+            ``"merge"`` (default), ``"exclude"`` or ``"background"``.
 
     ``forward(input, target, mask=None)``:
         - ``input``: logits (B, C, *spatial); the softmax over C is taken here (log-softmax, stable).
         - ``target``: heatmaps (B, C, *spatial), background channel last, channels summing to 1.
         - ``mask``: optional (B, C - 1), 1/True for annotated landmarks, 0/False for missing ones. A masked
           channel's own cross-entropy and focal terms are dropped (its target is never read) and the focal
-          mean runs over the remaining channels; the background channel always counts. By default the
-          masked channel stays in the softmax, so probability it takes from the background is still
-          penalised through the background term: safe when the mask also flags landmarks that are merely
-          outside a training patch (their zero target is true there).
-        ``mask_softmax=True`` also removes masked channels from the softmax, so the loss does not depend
-        on their logits at all (the network is never pushed to call an unannotated landmark background);
-        use it only with a mask that means "annotation missing".
+          mean runs over the remaining channels; the background channel always counts. How the masked
+          channel enters the softmax depends on ``missing``:
+
+          * ``"merge"`` (default): its probability counts as background, i.e. the background term reads
+            ``p_bg + p_missing`` (log-sum-exp of their logits). The target says only "no annotated landmark
+            here", which is exactly what a missing annotation leaves known: the loss never trains the
+            unannotated landmark's true location as background and never pushes its channel down.
+          * ``"exclude"``: removed from the softmax; the background alone must explain the pixel, so the
+            background channel is still trained up at the missing landmark's location.
+          * ``"background"``: kept as an ordinary channel with an all-zero target (its location is trained
+            as background). Right only when the mask means "outside this patch", where zero is the truth.
     """
 
     def __init__(
@@ -78,7 +83,7 @@ class SoftCEFocalLoss(nn.Module):
         focal_weight: float = 1.0,
         fg_threshold: float = 0.01,
         reduction: str = "mean",
-        mask_softmax: bool = False,
+        missing: str = "merge",
     ) -> None:
         super().__init__()
         if alpha is not None and not 0.0 <= alpha <= 1.0:
@@ -92,7 +97,9 @@ class SoftCEFocalLoss(nn.Module):
         self.focal_weight = float(focal_weight)
         self.fg_threshold = float(fg_threshold)
         self.reduction = reduction
-        self.mask_softmax = mask_softmax
+        if missing not in ("merge", "exclude", "background"):
+            raise ValueError(f"SoftCEFocalLoss: missing must be 'merge', 'exclude' or 'background', got {missing!r}")
+        self.missing = missing
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = input.as_tensor() if isinstance(input, MetaTensor) else input
@@ -122,9 +129,14 @@ class SoftCEFocalLoss(nn.Module):
             lm_keep = mask.to(device=logits.device) != 0
             keep = torch.cat([lm_keep, torch.ones((b, 1), dtype=torch.bool, device=logits.device)], dim=1)
             keep = keep.view((b, c) + extra)
-            if self.mask_softmax:  # large finite negative offset: exp() == 0, gradients stay finite
+            if self.missing != "background":  # large finite negative offset: exp() == 0, gradients stay finite
                 low = logits.detach().amax(dim=1, keepdim=True) - _EXCLUDED
-                logits = torch.where(keep, logits, low)
+                kept = torch.where(keep, logits, low)
+                if self.missing == "merge":  # background logit := logsumexp(background, masked channels)
+                    masked = torch.where(keep[:, :-1], low, logits[:, :-1])
+                    bg = torch.logsumexp(torch.cat([logits[:, -1:], masked], dim=1), dim=1, keepdim=True)
+                    kept = torch.cat([kept[:, :-1], bg], dim=1)
+                logits = kept
         keep_f = keep.to(logits.dtype)
         target = torch.where(keep, target, torch.zeros_like(target))  # masked targets may hold anything (NaN)
         n_pix = float(logits[0, 0].numel())

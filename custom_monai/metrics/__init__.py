@@ -1,5 +1,6 @@
 """custom_monai.metrics: radial error, MRE/SD/median, SDR and per-landmark tables; Ignite wrappers."""
 
+from custom_monai.metrics.baseline import mean_position_baseline
 from custom_monai.metrics.ignite_metric import MeanRadialError, SuccessDetectionRate, lower_is_better
 from custom_monai.metrics.landmark_metrics import (
     DEFAULT_THRESHOLDS,
@@ -14,6 +15,7 @@ __all__ = [
     "MeanRadialError",
     "SuccessDetectionRate",
     "lower_is_better",
+    "mean_position_baseline",
     "radial_errors",
     "summarize_errors",
 ]
