@@ -33,7 +33,7 @@ from monai.transforms import MapTransform
 from custom_monai.transforms.heatmap import gaussian_heatmaps, heatmap_argmax
 from custom_monai.transforms.landmarks import LANDMARK_MASK, points_inside, to_grid
 
-from .predictor import LandmarkPredictor
+from .predictor import LandmarkPredictor, clip_to_image, grid_to_original
 
 __all__ = [
     "MultiResolutionHeatmapd",
@@ -182,19 +182,24 @@ def decode_multiresolution(
 class MultiResolutionHeatmapPredictor(LandmarkPredictor):
     """Points in the original frame from a network with strided heatmap heads (e.g. ``HTCLandmarkNet``).
 
-    Calls ``net.forward_heads(image)`` if the network has it, else ``net(image)`` (a tensor = one head, or a
-    tuple/list of heads); decodes each head with :func:`decode_quarter_offset`, maps it to the input grid with
+    Calls ``net.forward_heads(image)`` if the network has it, else ``net(image)`` (a tensor = one head, the
+    stacked ``(B, 2, K, H, W)`` of ``HTCLandmarkNet.forward`` when two strides are set, or a tuple/list of heads);
+    decodes each head with :func:`decode_quarter_offset`, maps it to the input grid with
     its stride, and combines (:func:`decode_multiresolution`).
 
     Args:
         net: the network (pass ``.module`` of a DDP wrapper).
         strides: stride of each head, in ``forward_heads`` order ((4, 2) for HTC: quarter, half).
-        head: ``"mean"`` (the method), ``"0"``/``"1"``... (a single head, e.g. for per-head benchmark rows).
+        head: ``"mean"`` (the method), ``"0"``/``"1"``... or a name of ``head_names`` (a single head, e.g. for
+            per-head benchmark rows).
         flip_axis: optional test-time flip along this spatial axis (0 = x): the flipped image is decoded, its
             points are mirrored back (``S - 1 - x``) and averaged with the plain ones. Coordinate averaging
             makes MMPose's 1-px heatmap shift unnecessary. Off by default: cephalograms are asymmetric
             (profile view), a mirrored skull is not a plausible input, and the landmarks have no mirror pairs.
         image_key: batch key of the network input.
+        head_names: names of the heads for ``head`` (HTC: ``("quarter", "half")``).
+        extra_outputs: also return each head's points (original frame) as ``pred_<head name>``, for
+            per-head metrics (``custom_monai.engines.landmark_metric_output(..., pred_key="pred_half")``).
     """
 
     def __init__(
@@ -204,29 +209,61 @@ class MultiResolutionHeatmapPredictor(LandmarkPredictor):
         head: str = "mean",
         flip_axis: int | None = None,
         image_key: str = "image",
+        head_names: Sequence[str] = ("quarter", "half"),
+        extra_outputs: bool = False,
     ) -> None:
         self.net = net
         self.strides = [int(s) for s in strides]
-        self.head = str(head)
+        names = [str(n) for n in head_names]
+        head = str(head)
+        if head in names:
+            head = str(names.index(head))
+        elif head not in ("mean", "first", "last") and not (head.isdigit() and int(head) < len(self.strides)):
+            raise ValueError(f"head must be 'mean', one of {names} or a head index, got {head!r}")
+        self.head = head
+        self.head_names = names
+        self.extra_outputs = bool(extra_outputs)
         self.flip_axis = flip_axis
         self.image_key = image_key
 
     def _heads(self, x: torch.Tensor) -> list[torch.Tensor]:
         fn = getattr(self.net, "forward_heads", None)
         out = fn(x) if fn is not None else self.net(x)
+        if isinstance(out, torch.Tensor) and out.dim() == 5 and out.shape[1] == 2 and len(self.strides) == 2:
+            from custom_monai.networks.htc import split_heads
+
+            out = split_heads(out)
         heads = list(out) if isinstance(out, (tuple, list)) else [out]
         if len(heads) != len(self.strides):
             raise ValueError(f"the network returned {len(heads)} heads but {len(self.strides)} strides are set")
         return [h.float() for h in heads]
 
-    def predict_grid(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def _predict(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         image = batch[self.image_key]
         x = _plain(image).to(device)
         with torch.no_grad():
-            points, conf, _ = decode_multiresolution(self._heads(x), self.strides, self.head)
+            points, conf, per_head = decode_multiresolution(self._heads(x), self.strides, self.head)
             if self.flip_axis is not None:
                 dim = 2 + int(self.flip_axis)
-                fpoints, fconf, _ = decode_multiresolution(self._heads(torch.flip(x, dims=[dim])), self.strides, self.head)
-                fpoints[..., self.flip_axis] = x.shape[dim] - 1 - fpoints[..., self.flip_axis]
+                fpoints, fconf, fper = decode_multiresolution(self._heads(torch.flip(x, dims=[dim])), self.strides, self.head)
+                for p in [fpoints, *fper]:
+                    p[..., self.flip_axis] = x.shape[dim] - 1 - p[..., self.flip_axis]
                 points, conf = (points + fpoints) / 2, (conf + fconf) / 2
-        return points.cpu(), conf.cpu(), self.image_key
+                per_head = [(a + b) / 2 for a, b in zip(per_head, fper)]
+        return points.cpu(), conf.cpu(), [p.cpu() for p in per_head]
+
+    def predict_grid(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+        points, conf, _ = self._predict(batch, device)
+        return points, conf, self.image_key
+
+    def __call__(self, batch: dict, device: torch.device) -> tuple:
+        points, conf, per_head = self._predict(batch, device)
+        image = batch[self.image_key]
+
+        def original(grid: torch.Tensor) -> torch.Tensor:  # as the base class: mapped back, clamped to the image
+            return clip_to_image(grid_to_original(grid, image), image)
+
+        if not self.extra_outputs:
+            return original(points), conf
+        names = self.head_names if len(self.head_names) == len(per_head) else [str(i) for i in range(len(per_head))]
+        return original(points), conf, {f"pred_{n}": original(p) for n, p in zip(names, per_head)}

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from custom_monai.networks.htc import split_heads
+
 __all__ = ["HTCLoss"]
 
 
@@ -19,8 +21,8 @@ class HTCLoss(nn.Module):
     many landmarks are annotated.
 
     ``forward(pred, target_quarter, target_half, mask=None)``; ``pred`` is ``(quarter, half)`` from
-    ``HTCLandmarkNet.forward_heads`` or the deep-supervision tensor ``(B, 2, K, h, w)`` of its ``forward``
-    (index 0 = half, index 1 = quarter repeated 2x2). With ``TupleTargetLoss`` and
+    ``HTCLandmarkNet.forward_heads`` or the stacked tensor ``(B, 2, K, h, w)`` of its ``forward``
+    (index 0 = half, index 1 = quarter repeated 2x2; :func:`custom_monai.networks.htc.split_heads`). With ``TupleTargetLoss`` and
     ``PrepareLandmarkBatch(target_keys=("heatmap_quarter", "heatmap_half", "landmark_mask"))`` it fits MONAI's
     ``SupervisedTrainer``. The last call's two terms (weighted, detached) are kept in ``last_parts``.
     """
@@ -37,10 +39,10 @@ class HTCLoss(nn.Module):
         if isinstance(pred, torch.Tensor):
             if pred.dim() != 5 or pred.shape[1] != 2:
                 raise ValueError(
-                    "HTCLoss: a tensor prediction must be the deep-supervision stack (B, 2, K, h, w), got "
-                    f"{tuple(pred.shape)}; build the network with deep_supervision=True or pass forward_heads()"
+                    "HTCLoss: a tensor prediction must be the stacked heads (B, 2, K, h, w) of HTCLandmarkNet.forward, "
+                    f"got {tuple(pred.shape)}"
                 )
-            return pred[:, 1, :, ::2, ::2], pred[:, 0]
+            return split_heads(pred)
         if len(pred) != 2:
             raise ValueError(f"HTCLoss expects pred = (quarter, half), got {len(pred)} tensors")
         return pred[0], pred[1]

@@ -32,19 +32,24 @@ Choices where ``SPECS.md`` is silent (or where the issue/brief disagrees with it
   non-UDP convention, which is also where the receptive field of a pad-1 stride-2 3x3 conv is centred);
   targets and decoding use it consistently, see :mod:`custom_monai.inferers.heatmap_decode`.
 
-**Outputs.** ``forward(x)`` returns ONE tensor, so that MONAI's ``verify_net_in_out``, ``ckpt_export`` and
-TorchScript work: the stride-2 ("H/2") heatmaps ``(B, K, S0/2, S1/2)``. With ``deep_supervision=True`` and the
-module in training mode it instead returns ``(B, 2, K, S0/2, S1/2)``: index 0 the H/2 head, index 1 the H/4
-head repeated 2x2 (nearest, lossless: ``[..., ::2, ::2]`` gives it back exactly) -- the DynUNet convention, so a
-plain ``SupervisedTrainer`` (also under DDP) trains both heads through ``forward``;
-:class:`custom_monai.losses.htc_loss.HTCLoss` accepts that tensor. :meth:`HTCLandmarkNet.forward_heads`
-(TorchScript-exported) returns ``(quarter, half)`` for inference. The module is ``torch.jit.script``-able.
+**Outputs.** ``forward(x)`` returns ONE tensor with both heads, so that MONAI's ``verify_net_in_out``,
+``ckpt_export`` (TorchScript), ONNX export and a plain ``SupervisedTrainer`` (also under DDP) see the whole
+method: ``(B, 2, K, S0/2, S1/2)``, index 0 the stride-2 ("H/2") head, index 1 the stride-4 ("H/4") head repeated
+2x2 (nearest; lossless: ``[..., ::2, ::2]`` gives it back exactly). :func:`split_heads` undoes the stacking;
+:meth:`HTCLandmarkNet.forward_heads` (TorchScript-exported) returns ``(quarter, half)`` directly.
+:class:`custom_monai.losses.htc_loss.HTCLoss` and
+:class:`custom_monai.inferers.heatmap_decode.MultiResolutionHeatmapPredictor` accept either form. The module is
+``torch.jit.script``-able.
 
-**Parameters.** Faithful to SPECS (= the public code's used modules), K = 29, 1 input channel: 21.90 M in
-total, of which the backbone is 16.85 M (+4.0 % vs the paper's 16.20 M), neck 2.80 M, heads 2.24 M. The
-paper's 16.20 M cannot be the whole network as specified; it is consistent with the backbone alone.
-``shortcut="identity"`` plus ``lateral_kernel=1`` gives 16.46 M in total (+1.6 %) (not the code; offered only for a
-parameter-matched comparison).
+**Parameters** (K = 29, 1 input channel). The network as SPECS §3 describes it -- checked module by module
+against the public code's *used* modules (backbone, the FPN neck's three 3x3 laterals and the one 3x3 output
+conv that is used, both heads) -- has **21.90 M** parameters: backbone 16.85 M, neck 2.80 M, heads 2.24 M
+(the public code's module even holds 24.62 M, adding 1.54 M of unused ``nn.MultiheadAttention`` weights that
+its attention class inherits, and 1.18 M in two unused neck output convs). No reading of SPECS gives the
+paper's 16.20 M for the whole network; the figure matches the **backbone** (16.85 M, +4.0 %), which is what the
+paper calls "HTC". The default stays the described network; ``shortcut="identity"`` with
+``lateral_kernel=1`` (16.46 M in total, +1.6 %) is offered for a parameter-matched comparison only (not the
+method's code). ``tests/test_htc.py::test_parameter_count`` pins all these numbers.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ __all__ = [
     "HTCTransformerLayer",
     "MixFFN",
     "PatchEmbedding",
+    "split_heads",
+    "stack_heads",
 ]
 
 
@@ -281,10 +288,9 @@ class HTCLandmarkNet(nn.Module):
             see :class:`HTCBackbone` (defaults = the method).
         neck_channels: FPN / head width (256).
         lateral_kernel: FPN lateral conv size (3 in the method).
-        deep_supervision: in training mode ``forward`` returns both heads stacked (see the module docstring).
 
-    ``forward(x)``: ``(B, in_channels, S0, S1)`` -> H/2 heatmaps ``(B, K, S0/2, S1/2)`` (or the
-    deep-supervision stack in training). Sizes must be multiples of 16.
+    ``forward(x)``: ``(B, in_channels, S0, S1)`` -> ``(B, 2, K, S0/2, S1/2)``: the H/2 head, then the H/4 head
+    repeated 2x2 (see the module docstring). Sizes must be multiples of 16.
     """
 
     def __init__(
@@ -301,7 +307,6 @@ class HTCLandmarkNet(nn.Module):
         ffn_dwconv: bool = False,
         shortcut: str = "conv",
         lateral_kernel: int = 3,
-        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if n_landmarks < 1:
@@ -309,7 +314,6 @@ class HTCLandmarkNet(nn.Module):
         if len(widths) != 4:
             raise ValueError(f"HTCLandmarkNet needs 4 stages, got {len(widths)}")
         self.n_landmarks: int = int(n_landmarks)
-        self.deep_supervision: bool = bool(deep_supervision)
         self.divisor: int = 16
         self.strides: tuple[int, int] = (4, 2)  # (quarter head, half head)
         self.backbone = HTCBackbone(
@@ -358,8 +362,19 @@ class HTCLandmarkNet(nn.Module):
         return self.head_quarter(f), self.head_half(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, K, S0/2, S1/2)``: index 0 the H/2 head, index 1 the H/4 head repeated 2x2."""
         quarter, half = self.forward_heads(x)
-        if self.deep_supervision and self.training:
-            up = quarter.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-            return torch.stack([half, up], dim=1)
-        return half
+        return stack_heads(quarter, half)
+
+
+def stack_heads(quarter: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """``(B, K, h, w)`` and ``(B, K, 2h, 2w)`` -> ``(B, 2, K, 2h, 2w)`` (the H/4 head repeated 2x2, lossless)."""
+    up = quarter.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    return torch.stack([half, up], dim=1)
+
+
+def split_heads(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`stack_heads`: ``(B, 2, K, H, W)`` -> ``(quarter (B, K, H/2, W/2), half (B, K, H, W))``."""
+    if stacked.dim() != 5 or stacked.shape[1] != 2:
+        raise ValueError(f"expected the stacked heads (B, 2, K, H, W) of HTCLandmarkNet, got {tuple(stacked.shape)}")
+    return stacked[:, 1, :, ::2, ::2], stacked[:, 0]

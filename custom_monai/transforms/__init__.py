@@ -76,3 +76,4 @@ from .masks import *  # noqa: F401,F403
 from .presets import *  # noqa: F401,F403
 from .rescale import *  # noqa: F401,F403
 from .sampling import *  # noqa: F401,F403
+from .topdown import *  # noqa: F401,F403
