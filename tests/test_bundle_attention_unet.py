@@ -374,22 +374,8 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     assert_few_clamped(predictor_points(tmp_path / "models", inp), written, placed_only=True)
 
 
-#: small CPU settings for the learning test: 128 x 128 global input, 48 px local patches (0.5 scale)
-LEARN = dict(
-    TINY,
-    global_size=[128, 128],
-    sigma_global=4.0,
-    sigma_local=4.9,
-    global_epochs=70,
-    local_epochs=30,
-    val_interval=10,
-    batch_size=4,
-    learning_rate=0.002,
-    lr_min_factor=1.0,
-    patches_per_image=8,
-    local_batch_size=16,
-    max_train_minutes=0,  # the demo data's default 7-minute budget would cut this run short on a busy machine
-)
+#: README command 1's demo settings (configs/demo.json: 128 x 128 global input, narrow U-Nets, 70 + 30 epochs)
+DEMO_CONFIGS = ("train.json", "demo.json")
 
 
 def test_learns_on_demo_data(tmp_path, demo_env):
@@ -404,14 +390,19 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     the local stage was still worse than the global one after 1200 iterations (6.33 mm).
     """
     root = tmp_path
-    train(BUNDLE, root, demo_env, timeout=1800, **LEARN)
+    # max_train_minutes 0: the demo config's 9-minute cap would cut this run short on a busy CI machine
+    log = train(BUNDLE, root, demo_env, configs=DEMO_CONFIGS, timeout=1800, max_train_minutes=0)
+    assert "mean-position baseline on the same images: 8.31 mm" in log
     results = {}
-    for variant, extra in {"full": {}, "global": {"predict_stage": "global"}}.items():
+    variants = {"full": {}, "no_expansion": {"expand": False}, "global": {"predict_stage": "global"}}
+    for variant, extra in variants.items():
         out = root / f"eval_{variant}"
         metrics = evaluate(BUNDLE, out, demo_env, ckpt_dir=str(root / "models"), write_overlays=False, **extra)
         results[variant] = metrics["mre_mm"]
     baseline = mean_position_baseline(demo_datalist(demo_env), "test")
-    print(f"test MRE: two-stage {results['full']:.2f} mm, global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
+    print(f"test MRE: two-stage {results['full']:.3f} mm, without expansion {results['no_expansion']:.3f} mm, "
+          f"global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
+    assert results["full"] <= results["no_expansion"] + 1e-6  # the default exploration never makes it worse
     assert results["global"] < 0.7 * baseline
     assert results["full"] < 0.6 * results["global"]
     assert results["full"] < 0.25 * baseline

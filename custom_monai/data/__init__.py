@@ -36,5 +36,5 @@ from .markups import (
     write_points_csv,
 )
 from .readers import DATASETS, ISBI_LANDMARK_NAMES, get_builder
-from .resolve import demo_default, is_demo_datalist, resolve_datalist
+from .resolve import resolve_datalist
 from .safe import IMAGE_EXTENSIONS, SafeDataset, collate_skip_none, folder_items

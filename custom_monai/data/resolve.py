@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["resolve_datalist", "is_demo_datalist", "demo_default"]
+__all__ = ["resolve_datalist"]
 
 
 def resolve_datalist(dataset_dir: str | os.PathLike | None = None, kind: str = "2d", filename: str = "datalist.json") -> str:
@@ -27,19 +27,3 @@ def resolve_datalist(dataset_dir: str | os.PathLike | None = None, kind: str = "
 
     return str(demo_datalist(kind))
 
-
-def is_demo_datalist(datalist: str | os.PathLike) -> bool:
-    """True when ``datalist`` is the generated demo data's datalist (``<cache>/demo_<kind>_v*/datalist.json``)."""
-    from .demo import demo_cache_dir
-
-    path = Path(datalist).resolve()
-    return path.name == "datalist.json" and path.parent.parent == demo_cache_dir().resolve() and path.parent.name.startswith("demo_")
-
-
-def demo_default(datalist: str | os.PathLike, on_demo, otherwise):
-    """``on_demo`` when ``datalist`` is the generated demo data, else ``otherwise``.
-
-    For run-length defaults: the README's first command trains on the demo data and must finish in minutes
-    on a laptop CPU, while a user's own datalist gets the method's full schedule.
-    """
-    return on_demo if is_demo_datalist(datalist) else otherwise
