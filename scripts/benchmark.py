@@ -69,11 +69,14 @@ VARIANTS = {
     "attention_unet_ceph2d": {
         "full": {},
         "no_expansion": {"expand": False},
+        "paper_exploration": {"expand": True, "expand_below": 1.0},
         "global_only": {"predict_stage": "global"},
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},
+    "dcelr_ceph2d": {"two_pass": {}, "fine": {"predict_output": "fine"}, "reference": {"predict_output": "reference"}},
     "global_local_fcnn_ceph2d": {"global_local": {}, "global_only": {"predict_stage": "global"}},
     "global_local_fcnn_3d": {"global_local": {}, "global_only": {"predict_stage": "global"}},
+    "htc_multires_ceph2d": {"mean_of_heads": {}, "quarter_head": {"predict_head": "quarter"}, "half_head": {"predict_head": "half"}},
 }
 
 _PHASE = r"""

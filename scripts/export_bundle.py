@@ -112,6 +112,12 @@ def _metadata(src: Path, version: str, changelog: str, metrics: dict | None, set
     names = settings.get("landmark_names")
     if names:
         meta["landmark_names"] = list(names)
+    # a network built for a fixed input size (trained setting "input_size"): the metadata states that size,
+    # so that verify_net_in_out and onnx_export feed the network what it was trained on
+    size = settings.get("input_size")
+    image = ((meta.get("network_data_format") or {}).get("inputs") or {}).get("image")
+    if size and image and len(image.get("spatial_shape") or []) == len(size):
+        image["spatial_shape"] = [int(v) for v in size]
     return meta
 
 

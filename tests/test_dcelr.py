@@ -98,9 +98,12 @@ def test_forward_is_last_fine_layer_and_starts_at_reference():
     with torch.no_grad():
         out = net.forward_all(x)
         y = net(x)
-    assert y.shape == (2, K, 4)
-    assert torch.equal(y, out["fine"][-1])
-    assert ((y[..., 2:] > 0) & (y[..., 2:] < 1)).all()
+    assert y.shape == (2, K, 4 * (1 + 4))  # reference, then the 4 fine-tune layers, each (p0, p1, s0, s1)
+    assert net.output_names() == ["reference", "fine1", "fine2", "fine3", "fine4"]
+    assert torch.equal(y[..., :4], out["reference"])
+    for i in range(4):
+        assert torch.equal(y[..., 4 * (i + 1) : 4 * (i + 2)], out["fine"][i])
+    assert ((y[..., 2::4] > 0) & (y[..., 2::4] < 1)).all() and ((y[..., 3::4] > 0) & (y[..., 3::4] < 1)).all()
     # zero-initialised deltas: every layer starts exactly at the (clamped) reference point
     ref = out["reference"][..., :2].clamp(1e-4, 1 - 1e-4)
     for layer in range(out["fine"].shape[0]):
@@ -299,3 +302,129 @@ def test_second_pass_maps_network_output_back():
     s = torch.tensor(size, dtype=torch.float64)
     centre = start + (0.5 * s + 0.5) * (end - start) / s - 0.5  # p = 0.5: the crop centre, up to half a pixel
     np.testing.assert_allclose(points[1].numpy(), centre.numpy(), atol=1e-4)
+
+
+# ---------------------------------------------------------------- predictor (whole pipeline geometry)
+
+
+class _ConstGroups(nn.Module):
+    """A stand-in DCeLR: returns fixed (reference, fine) groups (B, K, 8) whatever the input."""
+
+    def __init__(self, reference: torch.Tensor, fine: torch.Tensor) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.cat([reference, fine], dim=-1)[None], requires_grad=False)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.value.expand(x.shape[0], -1, -1)
+
+
+@pytest.mark.parametrize("crop_box", [None, [[10, 6], [190, 140]]])
+def test_predictor_outputs_map_to_the_original_image(tmp_path, crop_box):
+    """reference / fine / two_pass through the bundle's own preprocessing (load, optional fixed crop, keep the
+    full image, resize): every output lands where the geometry says, in original pixels, sigma included."""
+    from monai.data import list_data_collate
+    from monai.transforms import Compose, CopyItemsd, Resized
+    from PIL import Image
+
+    from custom_monai.inferers import DCeLRPredictor
+    from custom_monai.transforms import landmark_loading
+
+    w, h = 200, 150
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((h, w)) * 255).astype(np.uint8)).save(tmp_path / "img.png")
+    size = (64, 32)
+    pre = Compose(
+        landmark_loading("pixel", crop_box, labelled=False)
+        + [CopyItemsd("image", names="image_full"), Resized("image", spatial_size=size, mode="bilinear", anti_aliasing=True)]
+    )
+    batch = list_data_collate([pre({"image": str(tmp_path / "img.png")})])
+    reference = torch.tensor([[0.25, 0.5, 0.1, 0.2], [0.75, 0.25, 0.05, 0.05]])
+    fine = torch.tensor([[0.3, 0.6, 0.02, 0.04], [0.7, 0.2, 0.01, 0.03]])
+    net = _ConstGroups(reference, fine)
+    off = torch.zeros(2, dtype=torch.float64) if crop_box is None else torch.tensor(crop_box[0], dtype=torch.float64)
+    full = torch.tensor([w, h], dtype=torch.float64) - off if crop_box is None else torch.tensor(
+        [crop_box[1][0] - crop_box[0][0], crop_box[1][1] - crop_box[0][1]], dtype=torch.float64
+    )
+    s = torch.tensor(size, dtype=torch.float64)
+
+    def resized_to_original(p):  # MONAI Resize: index j on the resized grid sits at (j + 0.5) n / S - 0.5
+        return off + (p.double() * s + 0.5) * full / s - 0.5
+
+    pred = DCeLRPredictor(net, output="two_pass", extra_outputs=("reference", "fine"), margin=12.0, shift=(5.0, 0.0))
+    points, conf, extra = pred(batch, torch.device("cpu"))
+    assert net.calls == 2  # pass 1 and pass 2, one image
+    np.testing.assert_allclose(extra["pred_reference"][0], resized_to_original(reference[:, :2]), atol=1e-4)
+    np.testing.assert_allclose(extra["pred_fine"][0], resized_to_original(fine[:, :2]), atol=1e-4)
+    # pass 2: the box around the pass-1 (fine) points on the kept full image, the crop's prediction mapped back
+    first = resized_to_original(fine[:, :2]) - off
+    start, end = landmark_box(first, [int(v) for v in full], margin=12.0, shift=(5.0, 0.0))
+    expect = off + crop_normalized_to_original(fine[:, :2].double(), start, end, size)
+    np.testing.assert_allclose(points[0], expect, atol=1e-4)
+    # sigma in original pixels: times the crop size (pass 2); the confidence is its mean over the axes
+    n = (end - start).double()
+    np.testing.assert_allclose(extra["sigma"][0], fine[:, 2:].double() * n, rtol=1e-5)
+    np.testing.assert_allclose(conf[0], (fine[:, 2:].double() * n).mean(-1), rtol=1e-5)
+
+    ref_only = DCeLRPredictor(net, output="reference")
+    points, conf, extra = ref_only({k: v for k, v in batch.items() if k != "image_full"}, torch.device("cpu"))
+    np.testing.assert_allclose(points[0], resized_to_original(reference[:, :2]), atol=1e-4)
+    np.testing.assert_allclose(extra["sigma"][0], reference[:, 2:].double() * full, rtol=1e-5)  # x W, x H
+    assert set(extra) == {"sigma"}
+    with pytest.raises(KeyError, match="image_full"):
+        DCeLRPredictor(net)({k: v for k, v in batch.items() if k != "image_full"}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not one of"):
+        DCeLRPredictor(net, output="coarse")
+
+
+def test_prediction_record_landmark_fields():
+    from custom_monai.handlers.writers import prediction_record
+
+    pts = np.array([[1.0, 2.0], [np.nan, np.nan]])
+    rec = prediction_record("a.png", [0.1, 0.1], pts, ["A", "B"], confidence=[3.0, 4.0],
+                            landmark_fields={"sigma": [[2.0, 4.0], [1.0, 1.0]]}, analysis=False)
+    assert rec["landmarks"][0]["sigma"] == {"x": 2.0, "y": 4.0} and rec["landmarks"][0]["confidence"] == 3.0
+    assert rec["landmarks"][1]["sigma"] == {"x": None, "y": None}
+    assert "sigma" not in prediction_record("a.png", None, pts, ["A", "B"], analysis=False)["landmarks"][0]
+    with pytest.raises(ValueError, match="overwrite"):
+        prediction_record("a.png", None, pts, ["A", "B"], landmark_fields={"x": [1.0, 2.0]}, analysis=False)
+
+
+def test_training_wrapper_holds_network_and_flow():
+    from custom_monai.networks import DCeLRTraining
+
+    net = _small().train()
+    loss = DCeLRLoss()
+    wrapper = DCeLRTraining(net, loss)
+    names = {n for n, _ in wrapper.named_parameters()}
+    assert any(n.startswith("loss.rle.flow.") for n in names) and any(n.startswith("network.backbone.") for n in names)
+    out = wrapper(torch.rand(2, 1, *SMALL))
+    assert set(out) == {"reference", "fine", "refs", "heatmap"}
+    loss(out, torch.rand(2, K, 2)).backward()
+    assert all(p.grad is not None for p in loss.parameters())
+    assert set(net.state_dict()) == {k[len("network."):] for k in wrapper.state_dict() if k.startswith("network.")}
+
+
+def test_training_crop_keeps_every_landmark_with_margin():
+    """RandLandmarkBoxCropd: random boxes that keep all present landmarks >= margin inside; points follow."""
+    from custom_monai.transforms import PrepareLandmarksd, RandLandmarkBoxCropd, to_grid
+
+    img = MetaTensor(torch.rand(1, 120, 90), affine=torch.eye(3, dtype=torch.float64))
+    pts = np.array([[30.0, 20.0], [80.0, 60.0], [np.nan, np.nan]], dtype=np.float32)
+    d = PrepareLandmarksd("landmarks", ref_key="image")({"image": img, "landmarks": pts})
+    crop = RandLandmarkBoxCropd("image", margin=10.0, prob=1.0)
+    crop.set_random_state(0)
+    sizes = set()
+    for _ in range(30):
+        out = crop(d)
+        shape = out["image"].shape[1:]
+        sizes.add(tuple(shape))
+        grid = np.asarray(to_grid(np.asarray(out["landmarks"]), out["image"]))
+        assert np.isnan(grid[2]).all()
+        assert (grid[:2] >= 10).all() and (grid[:2] <= np.array(shape) - 1 - 10).all(), (grid, shape)
+        start = np.asarray(out["image"].affine)[:2, 2]  # identity scale: the translation is the box start
+        np.testing.assert_allclose(grid[:2], pts[:2] - start, atol=1e-5)
+    assert len(sizes) > 10  # really random
+    never = RandLandmarkBoxCropd("image", margin=10.0, prob=0.0)(d)
+    assert never["image"].shape == img.shape

@@ -15,8 +15,10 @@ from bundle_utils import REPO_ROOT
 CASES = {
     "attention_unet_ceph2d": ({}, (1, 1, 128, 128)),
     "cephmarknet_ceph2d": ({"backbone": "resnet18", "head": "shared", "fusion_channels": 64, "input_size": [128, 160]}, (1, 1, 128, 160)),
+    "dcelr_ceph2d": ({"embed_dim": 64, "num_heads": 4, "token_size": 8, "head_hidden": 64, "input_size": [96, 128]}, (1, 1, 96, 128)),
     "global_local_fcnn_ceph2d": ({}, (1, 1, 128, 96)),
     "global_local_fcnn_3d": ({"global_channels": [8, 16, 32, 64], "global_blocks": [1, 1, 1, 1]}, (1, 1, 32, 32, 32)),
+    "htc_multires_ceph2d": ({"embed_dims": 8, "neck_channels": 32, "input_size": [96, 128]}, (1, 1, 96, 128)),
 }
 
 

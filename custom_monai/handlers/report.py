@@ -45,6 +45,8 @@ class LandmarkReportHandler:
         overlay_key: batch key of the image drawn under the points (any resolution: points are mapped to it).
         metrics: write the metrics report when ground truth is present.
         extra: constant fields added to each prediction JSON (e.g. ``{"method": ...}``).
+        landmark_fields: keys of the evaluator's output holding more per-landmark values, ``(B, N)`` or
+            ``(B, N, D)``, written into each landmark of the JSON under the same name (e.g. ``["sigma"]``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class LandmarkReportHandler:
         metrics: bool = True,
         extra: dict | None = None,
         name: str | None = None,
+        landmark_fields: Sequence[str] = (),
     ) -> None:
         self.output_dir = Path(output_dir)
         self.landmark_names = [str(n) for n in landmark_names]
@@ -65,6 +68,7 @@ class LandmarkReportHandler:
         self.overlay_key = overlay_key
         self.metrics = metrics
         self.extra = extra
+        self.landmark_fields = [str(k) for k in ([landmark_fields] if isinstance(landmark_fields, str) else landmark_fields)]
         self.logger = logging.getLogger(name or __name__)
         self.accumulator = LandmarkErrorAccumulator(self.landmark_names)
         self.measurements = MeasurementAccumulator(self.landmark_names)
@@ -103,8 +107,10 @@ class LandmarkReportHandler:
                 world = np.asarray(index_to_world_lps(points, affines[b].numpy().astype(np.float64)))
             gt = None if label is None else label[b].numpy()
             if self.write_predictions:  # the record carries the cephalometric measurements (ISBI-19, 2D)
+                fields = {k: out[k][b] for k in self.landmark_fields if out.get(k) is not None}
                 record = prediction_record(
-                    path, sp, points, self.landmark_names, None if conf is None else conf[b], world, self.extra
+                    path, sp, points, self.landmark_names, None if conf is None else conf[b], world, self.extra,
+                    landmark_fields=fields,
                 )
                 write_prediction_json(self.output_dir, record)
                 if world is not None:

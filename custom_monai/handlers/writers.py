@@ -146,6 +146,7 @@ def prediction_record(
     world_points: Any = None,
     extra: Mapping[str, Any] | None = None,
     analysis: bool = True,
+    landmark_fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The prediction dictionary of the bundle contract for one image.
 
@@ -158,6 +159,9 @@ def prediction_record(
         world_points: 3D only, (N, 3) points in world millimetres (ITK/LPS), stored as ``"world"``.
         extra: more top-level fields (e.g. ``"method"``, ``"time_s"``); cannot override the contract keys.
         analysis: add ``"measurements"`` (:func:`measurements_for`) when the points are 2D ISBI-19 landmarks.
+        landmark_fields: more per-landmark fields, ``{name: (N,) or (N, D) values}``; an ``(N, D)`` field is
+            written per axis (``{"x", "y"[, "z"]}``), e.g. D-CeLR's predicted ``sigma`` in pixels. A landmark
+            that was not found gets ``null``. Cannot override the landmark's own keys.
 
     Returns:
         ``{"image", "spacing", "landmarks": [{"index", "name", "x", "y", ["z"], "confidence", ["world"]}],
@@ -183,6 +187,14 @@ def prediction_record(
         sp = [_num(s) for s in _array(spacing).reshape(-1)]
         if len(sp) != d:
             raise ValueError(f"{image_path}: spacing has {len(sp)} values for {d}D points")
+    fields: dict[str, np.ndarray] = {}
+    for key, values in (landmark_fields or {}).items():
+        if key in ("index", "name", "confidence", "world", *_AXES):
+            raise ValueError(f"landmark field {key!r} would overwrite a landmark's own field")
+        arr = _array(values)
+        if arr.shape[0] != n or arr.ndim > 2:
+            raise ValueError(f"{image_path}: landmark field {key!r} must be ({n},) or ({n}, D), got {arr.shape}")
+        fields[str(key)] = arr
     landmarks = []
     for i in range(n):
         found = bool(np.all(np.isfinite(pts[i])))
@@ -190,6 +202,11 @@ def prediction_record(
         for a in range(d):
             lm[_AXES[a]] = float(pts[i, a]) if found else None
         lm["confidence"] = None if conf is None else _num(conf[i])
+        for key, arr in fields.items():
+            if arr.ndim == 1:
+                lm[key] = _num(arr[i]) if found else None
+            else:
+                lm[key] = {_AXES[a]: (_num(arr[i, a]) if found else None) for a in range(arr.shape[1])}
         if world is not None:
             ok = found and bool(np.all(np.isfinite(world[i])))
             lm["world"] = {_AXES[a]: (float(world[i, a]) if ok else None) for a in range(3)}

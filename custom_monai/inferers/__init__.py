@@ -2,6 +2,7 @@
 
 from .attention_guided import AttentionGuidedPredictor
 from .coordinate_regression import CoordinateRegressionPredictor, SelectOutput
+from .two_pass import DCeLRPredictor
 from .global_local import GlobalLocalPredictor
 from .expansive_exploration import ExpansiveExplorationInferer, coarse_from_global, crop_regions, decode_threshold_mean, expansive_regions
 from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
@@ -9,6 +10,7 @@ from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
 __all__ = [
     "AttentionGuidedPredictor",
     "CoordinateRegressionPredictor",
+    "DCeLRPredictor",
     "ExpansiveExplorationInferer",
     "GlobalLocalPredictor",
     "LandmarkPredictor",

@@ -18,15 +18,24 @@ MONAI's ``Resize`` (``align_corners=False``; see ``monai.transforms.utils.scale_
     ``x = start + (p S + 0.5) n / S - 0.5``        (:func:`crop_normalized_to_original`)
 
 and sigma (a scale) maps as ``sigma_px = sigma n``. Everything works per axis and for any D.
+
+:class:`DCeLRPredictor` (the dcelr_ceph2d bundle's ``inferer``) runs both passes on a batch and maps the
+reference, fine-tune and two-pass outputs and their sigmas to the input image through the MetaTensor affines.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.transforms import Resize
+from torch import nn
+
+from custom_monai.transforms.landmarks import to_original
+
+from .predictor import LandmarkPredictor, clip_to_image
 
 __all__ = [
     "landmark_box",
@@ -35,6 +44,7 @@ __all__ = [
     "sigma_to_original",
     "crop_resize",
     "second_pass",
+    "DCeLRPredictor",
 ]
 
 
@@ -161,7 +171,8 @@ def second_pass(
     """Run the D-CeLR second pass on one image.
 
     Args:
-        network: returns ``(1, K, 2D)`` = normalised ``(p, sigma)`` (``DCeLR.forward``).
+        network: returns ``(1, K, .. 2D)`` whose last ``2D`` columns are the normalised ``(p, sigma)`` of the
+            prediction (``DCeLR.forward``: the last fine-tune layer).
         image: ``(C, *S)`` the original image, intensity-preprocessed as in training.
         first_points: ``(K, D)`` first-pass points in the original frame.
         input_size, mode, anti_aliasing: the network input size and the first pass's ``Resize`` settings.
@@ -174,8 +185,134 @@ def second_pass(
     start, end = landmark_box(first_points, image.shape[1:], margin, shift)
     crop = crop_resize(image, start, end, input_size, mode, anti_aliasing)
     device = next(network.parameters()).device
-    out = network(crop[None].to(device=device, dtype=torch.float32))[0].detach().cpu().double()
     d = first_points.shape[-1]
+    # the prediction is the last (p, sigma) group of the network's output (DCeLR: the last fine-tune layer)
+    out = network(crop[None].to(device=device, dtype=torch.float32))[0, :, -2 * d :].detach().cpu().double()
     points = crop_normalized_to_original(out[:, :d], start, end, input_size)
     sigma = sigma_to_original(out[:, d : 2 * d], start, end)
     return points.float(), sigma.float(), (start, end)
+
+
+def _affines(image: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A, A)`` grid affines and landmark affines of a collated MetaTensor."""
+    affine = torch.as_tensor(image.affine).detach().cpu().double()
+    landmark_affine = torch.as_tensor(image.meta["landmark_affine"]).detach().cpu().double()
+    if affine.ndim == 2:
+        affine = affine[None].expand(batch_size, -1, -1)
+    if landmark_affine.ndim == 2:
+        landmark_affine = landmark_affine[None].expand(batch_size, -1, -1)
+    return affine, landmark_affine
+
+
+def _sigma_to_original(grid: torch.Tensor, sigma: torch.Tensor, affine: Any, landmark_affine: Any) -> torch.Tensor:
+    """Per-axis sigmas ``(.., K, D)`` on a grid -> lengths in the original frame (through the linear map)."""
+    base = to_original(grid, affine, landmark_affine)
+    out = []
+    for a in range(grid.shape[-1]):
+        step = torch.zeros_like(grid)
+        step[..., a] = torch.nan_to_num(sigma[..., a])
+        out.append(torch.linalg.vector_norm(to_original(grid + step, affine, landmark_affine) - base, dim=-1))
+    return torch.stack(out, dim=-1)
+
+
+class DCeLRPredictor(LandmarkPredictor):
+    """D-CeLR prediction (SPECS §4 "Inference"): one network, up to two passes, points in the original frame.
+
+    The network (:class:`custom_monai.networks.DCeLR`) returns ``(B, K, 4 (1 + L))``: the reference encoder's
+    normalised ``(p, sigma)`` then each fine-tune layer's. Outputs (``output``, and ``extra_outputs`` for more
+    metrics):
+
+    - ``"reference"``: the reference encoder on the whole (resized) image;
+    - ``"fine"``: the last fine-tune layer on the whole image (pass 1);
+    - ``"two_pass"`` (the method's inference): pass 2 crops ``batch[full_image_key]`` (the preprocessed image
+      before the resize, kept by the preprocessing) to the pass-1 landmark box widened by ``margin`` and
+      shifted by ``shift`` (pixels of that image; ISBI 2015: 300 and (+100, 0)), resizes the crop to the
+      network input size with the same ``Resize`` settings as the preprocessing, runs the network again and
+      maps its last fine-tune layer back (:func:`second_pass`).
+
+    The confidence of each landmark is the predicted **sigma in original pixels** (mean of the per-axis
+    sigmas: an uncertainty, larger = less sure); the per-axis values are returned as ``sigma`` (B, K, D),
+    which :class:`custom_monai.handlers.LandmarkReportHandler` writes per landmark with ``landmark_fields``.
+    Extra outputs are returned as ``{"pred_<name>": (B, K, D)}`` (original frame), as
+    :class:`~custom_monai.inferers.CoordinateRegressionPredictor` does.
+    """
+
+    OUTPUTS = ("reference", "fine", "two_pass")
+
+    def __init__(
+        self,
+        network: nn.Module,
+        output: str = "two_pass",
+        extra_outputs: Sequence[str] = (),
+        image_key: str = "image",
+        full_image_key: str = "image_full",
+        margin: float | Sequence[float] = 300.0,
+        shift: float | Sequence[float] = (100.0, 0.0),
+        mode: str = "bilinear",
+        anti_aliasing: bool = True,
+        sigma_key: str = "sigma",
+    ) -> None:
+        extra = [str(n) for n in ([extra_outputs] if isinstance(extra_outputs, str) else extra_outputs)]
+        for what, name in [("output", output)] + [("extra_outputs", e) for e in extra]:
+            if name not in self.OUTPUTS:
+                raise ValueError(f"DCeLRPredictor: {what} {name!r} is not one of {list(self.OUTPUTS)}.")
+        self.network = network
+        self.output = str(output)
+        self.extra_outputs = extra
+        self.image_key = image_key
+        self.full_image_key = full_image_key
+        self.margin = margin
+        self.shift = shift
+        self.mode = mode
+        self.anti_aliasing = bool(anti_aliasing)
+        self.sigma_key = sigma_key
+
+    def _outputs(self, batch: dict, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{name: (points, sigma)}``, both ``(B, K, D)`` in the original frame (pixels)."""
+        image = batch[self.image_key]
+        spatial = [int(v) for v in image.shape[2:]]
+        d = len(spatial)
+        out = self.network(image.to(device)).detach().float().cpu().double()
+        if out.ndim != 3 or out.shape[-1] % (2 * d) or out.shape[-1] < 4 * d:
+            raise ValueError(
+                f"DCeLRPredictor: the network must return (B, K, 2 {d} (1 + L)) = reference then fine-tune "
+                f"(p, sigma) groups, got {tuple(out.shape)}."
+            )
+        b = out.shape[0]
+        size = torch.tensor(spatial, dtype=torch.float64)
+        affine, landmark_affine = _affines(image, b)
+        groups = {"reference": out[..., : 2 * d], "fine": out[..., -2 * d :]}
+        wanted = {self.output, *self.extra_outputs}
+        result: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, g in groups.items():
+            grid = g[..., :d] * size
+            points = to_original(grid, affine, landmark_affine)
+            result[name] = (points, _sigma_to_original(grid, g[..., d:] * size, affine, landmark_affine))
+        if "two_pass" in wanted:
+            if self.full_image_key not in batch:
+                raise KeyError(
+                    f"DCeLRPredictor: the two-pass output needs batch[{self.full_image_key!r}], the image before "
+                    "the resize (the bundle's preprocessing keeps it with CopyItemsd)."
+                )
+            full = batch[self.full_image_key]
+            f_affine, f_landmark = _affines(full, b)
+            # pass-1 points on the grid of the full image: image grid -> world -> full grid
+            first = to_original(groups["fine"][..., :d] * size, affine, f_affine)
+            pts, sig = [], []
+            for i in range(b):
+                crop_grid, crop_sigma, _ = second_pass(
+                    self.network, torch.as_tensor(full[i]), first[i], spatial,
+                    self.margin, self.shift, self.mode, self.anti_aliasing,
+                )
+                crop_grid, crop_sigma = crop_grid.double(), crop_sigma.double()
+                pts.append(to_original(crop_grid, f_affine[i], f_landmark[i]))
+                sig.append(_sigma_to_original(crop_grid, crop_sigma, f_affine[i], f_landmark[i]))
+            result["two_pass"] = (torch.stack(pts), torch.stack(sig))
+        return {k: (clip_to_image(p.float(), image), s.float()) for k, (p, s) in result.items() if k in wanted}
+
+    def __call__(self, batch: dict, device: torch.device) -> tuple:
+        outs = self._outputs(batch, device)
+        points, sigma = outs[self.output]
+        extra = {f"pred_{name}": outs[name][0] for name in self.extra_outputs}
+        extra[self.sigma_key] = sigma
+        return points, sigma.mean(dim=-1), extra

@@ -138,6 +138,8 @@ class LandmarkBundle:
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.inferer = parser.get_parsed_content("inferer")
         self.extra = parser.get_parsed_content("report#extra") if "report#extra" in parser else None
+        fields = parser.get_parsed_content("report#landmark_fields") if "report#landmark_fields" in parser else ()
+        self.landmark_fields = [str(k) for k in fields]  # per-landmark outputs of the inferer (e.g. sigma)
         self.mtime = self.ckpt_path.stat().st_mtime
         self._lock = threading.Lock()
 
@@ -194,7 +196,9 @@ class LandmarkBundle:
         if pred.shape[-1] == 3 and meta.get("landmark_affine") is not None:
             affine = torch.as_tensor(meta["landmark_affine"]).float().cpu()[0].numpy().astype(np.float64)
             world = np.asarray(index_to_world_lps(pred, affine))
-        record = prediction_record(path, sp, pred, self.landmark_names, conf, world, self.extra)
+        extra_out = result[2] if len(result) > 2 and result[2] else {}
+        fields = {k: extra_out[k].detach().float().cpu()[0] for k in self.landmark_fields if extra_out.get(k) is not None}
+        record = prediction_record(path, sp, pred, self.landmark_names, conf, world, self.extra, landmark_fields=fields)
         return record, pred, world
 
     def markups_lps(self, image_path: str | os.PathLike, points: np.ndarray, world: np.ndarray | None) -> np.ndarray:

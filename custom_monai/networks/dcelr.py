@@ -37,6 +37,7 @@ from .cephmarknet import count_parameters, crop_and_resize
 
 __all__ = [
     "DCeLR",
+    "DCeLRTraining",
     "ViTBlock",
     "sincos_embedding_1d",
     "sincos_embedding_2d",
@@ -179,10 +180,12 @@ class _FineLayer(nn.Module):
 class DCeLR(nn.Module):
     """D-CeLR: reference encoder + iterative fine-tune encoder on ResNet-34 features (SPECS §4).
 
-    ``forward(x)`` takes ``(B, C, S0, S1)`` of exactly ``input_size`` and returns ONE tensor ``(B, K, 4)``: the
-    last fine-tune layer's normalised ``(p0, p1, sigma0, sigma1)`` (``(x/W, y/H, sigma_x, sigma_y)`` for
-    MONAI 2-D arrays), so ``verify_net_in_out``/``ckpt_export``/``torch.jit.trace`` see a plain tensor.
-    ``forward_all(x)`` returns everything the loss needs (see there).
+    ``forward(x)`` takes ``(B, C, S0, S1)`` of exactly ``input_size`` and returns ONE tensor
+    ``(B, K, 4 (1 + L))``: the reference encoder's normalised ``(p0, p1, sigma0, sigma1)``
+    (``(x/W, y/H, sigma_x, sigma_y)`` for MONAI 2-D arrays), then each of the ``L`` fine-tune layers' (the
+    last one is the prediction), so ``verify_net_in_out``/``ckpt_export``/``torch.jit.trace``/ONNX see a
+    plain tensor. ``forward_all(x)`` returns everything the loss needs (see there); training uses it
+    through :class:`DCeLRTraining`.
 
     Args:
         n_landmarks: K.
@@ -312,7 +315,7 @@ class DCeLR(nn.Module):
 
         Returns a dict of tensors:
             ``reference``: ``(B, K, 4)`` reference-encoder output ``(p0, p1, sigma0, sigma1)``;
-            ``fine``: ``(L, B, K, 4)``, one per fine-tune layer (``fine[-1]`` is ``forward``'s output);
+            ``fine``: ``(L, B, K, 4)``, one per fine-tune layer (``fine[-1]`` is the prediction, ``forward``'s last four columns);
             ``refs``: ``(L + 1, B, K, 2)`` the reference points each fine-tune layer starts from, then the last;
             ``heatmap``: ``(B, 1, T, T)`` auxiliary heatmap (sigmoid).
         """
@@ -362,4 +365,33 @@ class DCeLR(nn.Module):
         return {"reference": reference, "fine": torch.stack(fine), "refs": torch.stack(refs), "heatmap": heatmap}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_all(x)["fine"][-1]
+        """``(B, K, 4 (1 + L))``: the reference output, then each fine-tune layer's, each ``(p0, p1, s0, s1)``.
+
+        Columns ``4 i .. 4 i + 3`` are output ``i`` (0 = reference encoder, ``1..L`` = fine-tune layers; the
+        prediction is the last, ``[..., -4:]``), normalised points and sigmas (:meth:`output_names`).
+        """
+        out = self.forward_all(x)
+        fine = out["fine"]
+        parts = [out["reference"]] + [fine[i] for i in range(self.n_fine)]
+        return torch.cat(parts, dim=-1)
+
+    def output_names(self) -> List[str]:
+        """Names of the four-column groups of :meth:`forward`: ``reference``, ``fine1`` .. ``fineL``."""
+        return ["reference"] + ["fine%d" % (i + 1) for i in range(self.n_fine)]
+
+
+class DCeLRTraining(nn.Module):
+    """Training view of a :class:`DCeLR`: ``forward(x)`` returns :meth:`DCeLR.forward_all`'s dict for the loss.
+
+    It also holds the loss (whose RealNVP flow has parameters), so that one module owns every trained
+    parameter: ``DistributedDataParallel`` of this wrapper keeps the flow in sync across processes. The
+    network's own state dict (``model.pt``) is unchanged; only training uses this wrapper.
+    """
+
+    def __init__(self, network: DCeLR, loss: nn.Module | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.network.forward_all(x)

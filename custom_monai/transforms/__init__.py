@@ -60,6 +60,7 @@ from .spatial import (
     CropTopRowsD,
     CropTopRowsDict,
     RandCropAroundLandmarkd,
+    RandLandmarkBoxCropd,
     RandCropAroundLandmarkD,
     RandCropAroundLandmarkDict,
     ResizeLongestPad,

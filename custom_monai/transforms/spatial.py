@@ -31,6 +31,7 @@ from monai.transforms import (
     Randomizable,
     RandFlipd,
     Resize,
+    SpatialCrop,
     SpatialPad,
     Transform,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "RandCropAroundLandmarkd",
     "RandCropAroundLandmarkD",
     "RandCropAroundLandmarkDict",
+    "RandLandmarkBoxCropd",
     "landmark_augmentations",
 ]
 
@@ -358,6 +360,71 @@ class RandCropAroundLandmarkd(Randomizable, CropAroundPointd):
         if self._index < 0:
             raise ValueError(f"{_image_name(d[self.ref_key])}: no present landmark to crop around")
         return self._crop(d, grid, self._index, self._offset)
+
+
+class RandLandmarkBoxCropd(Randomizable, MapTransform):
+    """Random crop that keeps every landmark (D-CeLR's training crop, SPECS §4).
+
+    Per axis, with ``lo``/``hi`` the smallest/largest present landmark coordinate on the current grid, the box
+    start is drawn uniformly from ``[0, lo - margin)`` and the end from ``(hi + margin, size]`` (integers;
+    a side without room keeps the image border). Applied with probability ``prob``; MONAI's ``SpatialCrop``
+    records it in the affine, so the landmarks follow. Items without a present landmark are left as they are.
+    Follow it with the same ``Resized`` as the preprocessing, so that the network sees crops of every extent at
+    its input size (the second inference pass feeds it such a crop).
+
+    Args:
+        keys: image-like keys cropped with the same box.
+        margin: minimum distance in pixels of the current grid between a landmark and the box border (10).
+        prob: probability of cropping.
+        landmarks_key: original-frame landmarks (``PrepareLandmarksd``); ``ref_key`` (default: first key) maps
+            them to the current grid.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        margin: float = 10.0,
+        prob: float = 1.0,
+        landmarks_key: str = "landmarks",
+        ref_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.margin = float(margin)
+        self.prob = float(prob)
+        self.landmarks_key = landmarks_key
+        self.ref_key = ref_key if ref_key is not None else self.keys[0]
+        self._do = False
+
+    def randomize(self, data: Any = None) -> None:
+        self._do = self.R.random_sample() < self.prob
+
+    def box(self, grid: np.ndarray, spatial_shape: Sequence[int]) -> tuple[list[int], list[int]] | None:
+        """A random ``(start, end)`` box for grid points ``(N, D)``, or ``None`` (no crop this time)."""
+        self.randomize()
+        finite = np.all(np.isfinite(grid), axis=1)
+        if not self._do or not finite.any():
+            return None
+        lo, hi = grid[finite].min(axis=0), grid[finite].max(axis=0)
+        start, end = [], []
+        for a, n in enumerate(spatial_shape):
+            s_max = int(math.floor(lo[a] - self.margin))  # exclusive upper bound of the start
+            e_min = int(math.ceil(hi[a] + self.margin)) + 1  # inclusive lower bound of the end
+            start.append(int(self.R.randint(0, s_max)) if s_max > 0 else 0)
+            end.append(int(self.R.randint(e_min, n + 1)) if e_min <= n else int(n))
+        return start, end
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        grid = np.asarray(to_grid(np.asarray(d[self.landmarks_key], dtype=np.float32), ref), dtype=np.float64)
+        box = self.box(grid, _spatial_shape(ref))
+        if box is None:
+            return d
+        cropper = SpatialCrop(roi_start=box[0], roi_end=box[1])
+        for key in self.key_iterator(d):
+            d[key] = cropper(d[key])
+        return d
 
 
 def landmark_augmentations(
