@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,3 +220,92 @@ def assert_tracked_evaluation(out: Path, metrics: dict) -> None:
     assert abs(runs[0].data.metrics["mre"] - metrics["mre_mm"]) <= 1e-6 * abs(metrics["mre_mm"])
     assert "metrics.json" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
 
+
+
+def trained_network(bundle: str, models: Path) -> torch.nn.Module:
+    """``network_def`` of ``bundle`` built from ``models/model.json`` by the bundle's inference.json (the settings
+    travel with the model), loaded strictly from ``models/model.pt`` with ``weights_only``, in eval mode."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(REPO_ROOT / "bundles" / bundle), "ckpt_dir": str(models)})
+    net = parser.get_parsed_content("network_def", lazy=False)
+    net.load_state_dict(torch.load(Path(models) / "model.pt", map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def assert_scripted_equals_eager(bundle: str, bundle_dir: Path, models: Path, input_shape: tuple, output_shape: tuple) -> None:
+    """``bundle_dir/models/model.ts`` (from ``ckpt_export``) gives the eager ``network_def``'s output on random input."""
+    eager = trained_network(bundle, models)
+    scripted = torch.jit.load(str(Path(bundle_dir) / "models" / "model.ts")).eval()
+    x = torch.rand(*input_shape)
+    with torch.no_grad():
+        out = scripted(x)
+        assert tuple(out.shape) == tuple(output_shape)
+        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
+
+
+def hamedan_round_trip(bundle: str, data_dir: Path, root: Path, env: dict, **settings) -> tuple[dict, dict, Path]:
+    """Train one epoch on a small Hamedan datalist (``hamedan_subset``), evaluate it, and infer one validation image.
+
+    Checks what every 2D bundle must do on real cephalograms: 2 evaluated images, errors in mm from the
+    datalist's 0.127 mm spacing, and the inference of the image equal to its evaluation (same preprocessing,
+    settings read from model.json). Returns the evaluation metrics, the prediction JSON and the image path.
+    """
+    small = hamedan_subset(data_dir, root)
+    train(bundle, root, env, max_epochs=1, datalist=str(small), **settings)
+    metrics = evaluate(bundle, root / "eval", env, write_overlays=False, datalist=str(small), ckpt_dir=str(root / "models"))
+    assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
+    assert abs(metrics["mre_mm"] - metrics["mre_px"] * 0.127) <= 1e-6 * metrics["mre_mm"]
+    first = Path(json.loads(small.read_text())["validation"][0]["image"])
+    src = first if first.is_absolute() else small.parent / first
+    inp = root / "in"
+    inp.mkdir()
+    shutil.copy(src, inp / src.name)
+    infer(bundle, inp, root / "pred", root / "models", env, write_overlays=False)
+    pred = json.loads((root / "pred" / f"{src.stem}.json").read_text())
+    assert len(pred["landmarks"]) == 19
+    np.testing.assert_allclose(prediction_points(root / "pred")[src.stem], prediction_points(root / "eval")[src.stem], atol=1e-3)
+    return metrics, pred, src
+
+
+def zoo_checks(bundle: str, models: Path, tmp_path: Path, spatial_shape: list | None = None) -> Path:
+    """The model zoo's checks with their default arguments; returns the bundle root that holds the trained model.
+
+    ``verify_metadata`` against the kept schema; ``verify_net_in_out`` on the bundle as cloned (no models/: the
+    network from the configs' defaults); then, on a bundle root with ``models/model.pt`` + ``model.json``:
+    ``verify_net_in_out`` (its metadata given the trained ``spatial_shape``, when given) and ``ckpt_export``.
+    """
+    meta = str(REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json")
+    run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
+    fresh = tmp_path / "fresh"  # the repository bundle as cloned: no models/ (a local training run may have one)
+    shutil.copytree(REPO_ROOT / "bundles" / bundle / "configs", fresh / "configs")
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(fresh / "configs" / "metadata.json"),
+                "--config_file", str(fresh / "configs" / "inference.json"), "--bundle_root", str(fresh)])
+    root = tmp_path / "bundle"
+    shutil.copytree(REPO_ROOT / "bundles" / bundle / "configs", root / "configs")
+    (root / "models").mkdir()
+    for name in ("model.pt", "model.json"):
+        shutil.copy(Path(models) / name, root / "models" / name)
+    config = str(root / "configs" / "inference.json")
+    if spatial_shape is not None:
+        metadata = json.loads((root / "configs" / "metadata.json").read_text())
+        metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = list(spatial_shape)
+        (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+        run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(root / "configs" / "metadata.json"),
+                    "--config_file", config, "--bundle_root", str(root)])
+    run_bundle(["ckpt_export", "network_def", "--bundle_root", str(root), "--config_file", config])
+    return root
+
+
+def model_record(root: Path, log: str) -> dict:
+    """``ROOT/models`` after a training run: model.pt, model.json and the resumable checkpoint exist; model.json
+    names the demo landmarks and the selection metric. Returns model.json's content."""
+    models = root / "models"
+    for name in ("model.pt", "model.json", "checkpoint.pt"):
+        assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
+    record = json.loads((models / "model.json").read_text())
+    assert record["settings"]["landmark_names"] == [f"L{i}" for i in range(1, 20)]
+    assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
+    return record

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import (
-    REPO_ROOT,
+    model_record,
+    zoo_checks,
+    assert_scripted_equals_eager,
+    hamedan_round_trip,
+    trained_network,
     assert_scores_match,
     bundle_configs,
     corrupt_image_folder,
     demo_datalist,
     evaluate,
-    hamedan_subset,
     infer,
     last_metrics,
     mean_position_baseline,
@@ -47,27 +50,14 @@ def trained(tmp_path_factory, demo_env):
     return root, train(BUNDLE, root, demo_env, max_epochs=1, output_dir=str(root / "eval"), tracking="mlflow", **TINY)
 
 
-def _net_from_settings(settings: dict):
-    from custom_monai.networks import CEPHMarkNet
-
-    keys = ("backbone", "in_channels", "input_size", "head", "box_cells", "crop_size", "fusion_channels", "ldm_bias", "target_norm")
-    return CEPHMarkNet(len(settings["landmark_names"]), **{k: settings[k] for k in keys})
-
-
 def test_training_writes_model_and_settings(trained):
     """model.pt = the plain state dict of network_def (loads with weights_only=True); model.json = its settings."""
     root, log = trained
     models = root / "models"
-    for name in ("model.pt", "model.json", "checkpoint.pt"):
-        assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
-    record = json.loads((models / "model.json").read_text())
+    record = model_record(root, log)
     settings = record["settings"]
-    assert settings["landmark_names"] == [f"L{i}" for i in range(1, 20)]
     assert {k: settings[k] for k in ("backbone", "head", "fusion_channels", "input_size")} == {**NET, "input_size": TINY["input_size"]}
-    assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
-    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    net = _net_from_settings(settings)
-    net.load_state_dict(state)  # strict: every key of network_def, nothing else
+    trained_network(BUNDLE, models)  # strict weights_only load into network_def built from model.json
     logged = last_metrics(log, "val_mre", "val_mre_coarse")
     assert logged["val_mre"] == pytest.approx(record["metric"], abs=1e-3)
     assert np.isfinite(logged["val_mre_coarse"])
@@ -196,36 +186,8 @@ def test_metadata_network_and_export(trained, tmp_path, demo_env):
     paper's network at 640 x 800, built from the defaults when there is no model; ~20 s, 2 GB), then verify_net_in_out and
     ckpt_export on a bundle root holding the trained model (its metadata states the trained input size)."""
     root, _ = trained
-    meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    fresh = tmp_path / "fresh"  # the repository bundle as cloned: no models/ (a local training run may have one)
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", fresh / "configs")
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(fresh / "configs" / "metadata.json"),
-                "--config_file", str(fresh / "configs" / "inference.json"), "--bundle_root", str(fresh)])
-
-    bundle = tmp_path / "bundle"
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", bundle / "configs")
-    (bundle / "models").mkdir()
-    for name in ("model.pt", "model.json"):
-        shutil.copy(root / "models" / name, bundle / "models" / name)
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = TINY["input_size"]
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    config = str(bundle / "configs" / "inference.json")
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(bundle / "configs" / "metadata.json"),
-                "--config_file", config, "--bundle_root", str(bundle)])
-    run_bundle(["ckpt_export", "network_def", "--bundle_root", str(bundle), "--config_file", config])
-
-    settings = json.loads((root / "models" / "model.json").read_text())["settings"]
-    eager = _net_from_settings(settings)
-    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    eager.eval()
-    scripted = torch.jit.load(str(bundle / "models" / "model.ts")).eval()
-    x = torch.rand(2, 1, *TINY["input_size"])
-    with torch.no_grad():
-        out = scripted(x)
-        assert out.shape == (2, 19, 4)
-        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
+    bundle = zoo_checks(BUNDLE, root / "models", tmp_path, spatial_shape=TINY["input_size"])
+    assert_scripted_equals_eager(BUNDLE, bundle, root / "models", (2, 1, *TINY["input_size"]), (2, 19, 4))
 
 
 def test_two_processes_gloo(tmp_path, demo_env):
@@ -266,25 +228,5 @@ def test_paper_configuration_learns_on_demo_data(tmp_path, demo_env):
 @pytest.mark.realdata
 def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms: a datalist from prepare_data.py, trimmed to a few images."""
-    small = hamedan_subset(data_dir, tmp_path)
-    common = dict(datalist=str(small), ckpt_dir=str(tmp_path / "models"))
-    train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **dict(TINY, batch_size=2))
-    out = tmp_path / "eval"
-    metrics = evaluate(BUNDLE, out, demo_env, write_overlays=False, **common)
-    assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
-    assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
-    first = Path(json.loads(small.read_text())["validation"][0]["image"])
-    src = first if first.is_absolute() else small.parent / first
-    inp = tmp_path / "in"
-    inp.mkdir()
-    shutil.copy(src, inp / src.name)
-    run_bundle(["run", "inference", "--config_file", bundle_configs(BUNDLE, "inference.json")]
-               + overrides(input_dir=str(inp), output_dir=str(tmp_path / "pred"), ckpt_dir=str(tmp_path / "models")),
-               env=demo_env)
-    pred = json.loads((tmp_path / "pred" / f"{src.stem}.json").read_text())
-    assert len(pred["landmarks"]) == 19 and pred["output"] == "refined"
-    # the prediction for the image equals the evaluation's (same preprocessing, read from model.pt)
-    evaluated = {Path(r["image"]).stem: r for r in
-                 (json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "metrics.json")}
-    np.testing.assert_allclose([[lm["x"], lm["y"]] for lm in pred["landmarks"]],
-                               [[lm["x"], lm["y"]] for lm in evaluated[src.stem]["landmarks"]], atol=1e-3)
+    _, pred, _ = hamedan_round_trip(BUNDLE, data_dir, tmp_path, demo_env, **dict(TINY, batch_size=2))
+    assert pred["output"] == "refined"

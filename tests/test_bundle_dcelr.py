@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from bundle_utils import (
-    REPO_ROOT,
+    model_record,
+    zoo_checks,
+    assert_scripted_equals_eager,
+    hamedan_round_trip,
+    trained_network,
     assert_same_points,
     assert_scores_match,
     assert_tracked_training,
@@ -22,7 +24,6 @@ from bundle_utils import (
     bundle_fails,
     demo_datalist,
     evaluate,
-    hamedan_subset,
     infer,
     last_metrics,
     mean_position_baseline,
@@ -51,28 +52,15 @@ def trained(tmp_path_factory, demo_env):
     return root, train(BUNDLE, root, demo_env, max_epochs=1, output_dir=str(root / "eval"), tracking="mlflow", **TINY)
 
 
-def _net_from_settings(settings: dict):
-    from custom_monai.networks import DCeLR
-
-    keys = ("in_channels", "input_size", "embed_dim", "num_heads", "mlp_ratio", "ref_layers", "fine_layers",
-            "token_size", "head_hidden", "detach_reference")
-    return DCeLR(len(settings["landmark_names"]), **{k: settings[k] for k in keys})
-
-
 def test_training_writes_model_settings_and_one_tracked_run(trained):
     """model.pt = the plain state dict of network_def; model.json = its settings; the resumable checkpoint
     also holds the loss (the RLE flow is trained); one MLflow run with settings, losses and the 3 metrics."""
     root, log = trained
     models = root / "models"
-    for name in ("model.pt", "model.json", "checkpoint.pt"):
-        assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
-    record = json.loads((models / "model.json").read_text())
+    record = model_record(root, log)
     settings = record["settings"]
-    assert settings["landmark_names"] == [f"L{i}" for i in range(1, 20)]
     assert {k: settings[k] for k in (*NET, *DECODE, "input_size")} == {**NET, **DECODE, "input_size": TINY["input_size"]}
-    assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
-    net = _net_from_settings(settings)
-    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))  # strict
+    trained_network(BUNDLE, models)  # strict weights_only load into network_def built from model.json
     ckpt = torch.load(models / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert set(ckpt) == {"network", "loss", "optimizer", "best", "budget", "trainer"}
     assert any(k.startswith("rle.flow.") for k in ckpt["loss"])
@@ -130,29 +118,8 @@ def test_metadata_network_and_export(trained, tmp_path):
     """The zoo's checks with default arguments: verify_net_in_out on the bundle as cloned (the paper's network at
     1024 x 1024, 44.5 M parameters) and ckpt_export (TorchScript) on a bundle root holding the trained model."""
     root, _ = trained
-    meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    fresh = tmp_path / "fresh"
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", fresh / "configs")
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(fresh / "configs" / "metadata.json"),
-                "--config_file", str(fresh / "configs" / "inference.json"), "--bundle_root", str(fresh)])
-
-    bundle = tmp_path / "bundle"
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", bundle / "configs")
-    (bundle / "models").mkdir()
-    for name in ("model.pt", "model.json"):
-        shutil.copy(root / "models" / name, bundle / "models" / name)
-    run_bundle(["ckpt_export", "network_def", "--bundle_root", str(bundle), "--config_file", str(bundle / "configs" / "inference.json")])
-    settings = json.loads((root / "models" / "model.json").read_text())["settings"]
-    eager = _net_from_settings(settings)
-    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    eager.eval()
-    scripted = torch.jit.load(str(bundle / "models" / "model.ts")).eval()
-    x = torch.rand(2, 1, *TINY["input_size"])
-    with torch.no_grad():
-        out = scripted(x)
-        assert out.shape == (2, 19, 20)
-        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
+    bundle = zoo_checks(BUNDLE, root / "models", tmp_path)
+    assert_scripted_equals_eager(BUNDLE, bundle, root / "models", (2, 1, *TINY["input_size"]), (2, 19, 20))
 
 
 def test_two_processes_gloo(tmp_path, demo_env):
@@ -188,21 +155,7 @@ def test_learning_on_demo_data(tmp_path, demo_env):
 def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms (1340 x 1671 px): a datalist from prepare_data.py, trimmed to a
     few images; the pass-2 margin in Hamedan pixels (the ISBI 30 mm / 10 mm at 0.127 mm/px)."""
-    small = hamedan_subset(data_dir, tmp_path)
     settings = dict(TINY, input_size=[64, 64], batch_size=2, crop_margin=236.0, crop_shift=[79.0, 0.0])
-    train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **settings)
-    out = tmp_path / "eval"
-    metrics = evaluate(BUNDLE, out, demo_env, write_overlays=False, datalist=str(small), ckpt_dir=str(tmp_path / "models"))
-    assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
-    assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
-    first = Path(json.loads(small.read_text())["validation"][0]["image"])
-    src = first if first.is_absolute() else small.parent / first
-    inp = tmp_path / "in"
-    inp.mkdir()
-    shutil.copy(src, inp / src.name)
-    infer(BUNDLE, inp, tmp_path / "pred", tmp_path / "models", demo_env, write_overlays=False)
-    pred = json.loads((tmp_path / "pred" / f"{src.stem}.json").read_text())
-    assert len(pred["landmarks"]) == 19 and pred["output"] == "two_pass"
+    _, pred, _ = hamedan_round_trip(BUNDLE, data_dir, tmp_path, demo_env, **settings)
+    assert pred["output"] == "two_pass"
     assert all(0 <= lm["x"] <= 1340 and 0 <= lm["y"] <= 1671 and lm["confidence"] > 0 for lm in pred["landmarks"])
-    assert_same_points({src.stem: prediction_points(tmp_path / "pred")[src.stem]},
-                       {src.stem: prediction_points(out)[src.stem]})

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from bundle_utils import (
-    REPO_ROOT,
+    model_record,
+    zoo_checks,
+    assert_scripted_equals_eager,
+    hamedan_round_trip,
+    trained_network,
     assert_same_points,
     assert_scores_match,
     assert_tracked_training,
@@ -22,13 +24,11 @@ from bundle_utils import (
     bundle_fails,
     demo_datalist,
     evaluate,
-    hamedan_subset,
     infer,
     last_metrics,
     mean_position_baseline,
     overrides,
     prediction_points,
-    run_bundle,
     train,
 )
 
@@ -47,28 +47,15 @@ def trained(tmp_path_factory, demo_env):
     return root, train(BUNDLE, root, demo_env, max_epochs=1, output_dir=str(root / "eval"), tracking="mlflow", **TINY)
 
 
-def _net_from_settings(settings: dict):
-    from custom_monai.networks import HTCLandmarkNet
-
-    keys = ("in_channels", "embed_dims", "widths", "channel_reductions", "mlp_ratios", "depths", "neck_channels",
-            "ffn_dwconv", "shortcut", "lateral_kernel")
-    return HTCLandmarkNet(len(settings["landmark_names"]), **{k: settings[k] for k in keys})
-
-
 def test_training_writes_model_settings_and_tracking(trained):
     """model.pt = the plain state dict of network_def; model.json = its settings; one MLflow run."""
     root, log = trained
     models = root / "models"
-    for name in ("model.pt", "model.json", "checkpoint.pt"):
-        assert (models / name).is_file(), f"{name} missing; log:\n{log[-3000:]}"
-    record = json.loads((models / "model.json").read_text())
+    record = model_record(root, log)
     settings = record["settings"]
-    assert settings["landmark_names"] == [f"L{i}" for i in range(1, 20)]
     assert {k: settings[k] for k in ("embed_dims", "neck_channels", "input_size")} == {**NET, "input_size": [96, 128]}
     assert (settings["bbox_padding"], settings["sigma"], settings["shortcut"]) == (1.25, 2.0, "conv")
-    assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
-    net = _net_from_settings(settings)
-    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))  # strict
+    trained_network(BUNDLE, models)  # strict weights_only load into network_def built from model.json
     logged = last_metrics(log, "val_mre", "val_mre_quarter", "val_mre_half")
     assert logged["val_mre"] == pytest.approx(record["metric"], abs=1e-3)
     assert "schedule: cosine lr ran to progress 1.000" in log
@@ -120,37 +107,8 @@ def test_metadata_network_and_export(trained, tmp_path):
     """The model zoo's checks with default arguments: verify_net_in_out on the bundle as cloned (the paper's
     network at 1024 x 1216), then verify_net_in_out and ckpt_export on a bundle root holding the trained model."""
     root, _ = trained
-    meta = str(REPO_ROOT / "bundles" / BUNDLE / "configs" / "metadata.json")
-    run_bundle(["verify_metadata", "--meta_file", meta, "--filepath", str(REPO_ROOT / "scripts" / "bundle_meta_schema.json")])
-    fresh = tmp_path / "fresh"
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", fresh / "configs")
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(fresh / "configs" / "metadata.json"),
-                "--config_file", str(fresh / "configs" / "inference.json"), "--bundle_root", str(fresh)])
-
-    bundle = tmp_path / "bundle"
-    shutil.copytree(REPO_ROOT / "bundles" / BUNDLE / "configs", bundle / "configs")
-    (bundle / "models").mkdir()
-    for name in ("model.pt", "model.json"):
-        shutil.copy(root / "models" / name, bundle / "models" / name)
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] = [96, 128]
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    config = str(bundle / "configs" / "inference.json")
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", str(bundle / "configs" / "metadata.json"),
-                "--config_file", config, "--bundle_root", str(bundle)])
-    run_bundle(["ckpt_export", "network_def", "--bundle_root", str(bundle), "--config_file", config])
-
-    settings = json.loads((root / "models" / "model.json").read_text())["settings"]
-    eager = _net_from_settings(settings)
-    eager.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    eager.eval()
-    scripted = torch.jit.load(str(bundle / "models" / "model.ts")).eval()
-    x = torch.rand(1, 1, 96, 128)
-    with torch.no_grad():
-        out = scripted(x)
-        assert out.shape == (1, 2, 19, 48, 64)
-        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(scripted.forward_heads(x)[0], eager.forward_heads(x)[0], rtol=1e-5, atol=1e-5)
+    bundle = zoo_checks(BUNDLE, root / "models", tmp_path, spatial_shape=[96, 128])
+    assert_scripted_equals_eager(BUNDLE, bundle, root / "models", (1, 1, 96, 128), (1, 2, 19, 48, 64))
 
 
 def test_two_processes_gloo(tmp_path, demo_env):
@@ -186,20 +144,5 @@ LEARN = dict(NET, input_size=[96, 128], batch_size=4, max_epochs=40, learning_ra
 @pytest.mark.realdata
 def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms: a datalist from prepare_data.py, trimmed to a few images."""
-    small = hamedan_subset(data_dir, tmp_path)
-    common = dict(datalist=str(small), ckpt_dir=str(tmp_path / "models"))
-    train(BUNDLE, tmp_path, demo_env, max_epochs=1, datalist=str(small), **dict(TINY, batch_size=2))
-    out = tmp_path / "eval"
-    metrics = evaluate(BUNDLE, out, demo_env, write_overlays=False, **common)
-    assert metrics["n_images"] == 2 and metrics["mre_mm"] is not None  # spacing 0.127 mm from the datalist
-    assert metrics["mre_mm"] == pytest.approx(metrics["mre_px"] * 0.127, rel=1e-6)
-    first = Path(json.loads(small.read_text())["validation"][0]["image"])
-    src = first if first.is_absolute() else small.parent / first
-    inp = tmp_path / "in"
-    inp.mkdir()
-    shutil.copy(src, inp / src.name)
-    infer(BUNDLE, inp, tmp_path / "pred", tmp_path / "models", demo_env, write_overlays=False)
-    pred = json.loads((tmp_path / "pred" / f"{src.stem}.json").read_text())
-    assert len(pred["landmarks"]) == 19 and pred["head"] == "mean"
-    evaluated = prediction_points(out)
-    np.testing.assert_allclose(prediction_points(tmp_path / "pred")[src.stem], evaluated[src.stem], atol=1e-3)
+    _, pred, _ = hamedan_round_trip(BUNDLE, data_dir, tmp_path, demo_env, **dict(TINY, batch_size=2))
+    assert pred["head"] == "mean"
