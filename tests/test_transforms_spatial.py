@@ -220,3 +220,26 @@ def test_resize_longest_pad_label_key_keeps_values():
     out = ResizeLongestPadd(["image", "label"], (30, 30), mode=["bilinear", "nearest"])(d)
     assert set(torch.unique(out["label"]).tolist()) == {0.0, 3.0}
     torch.testing.assert_close(out["label"].affine, out["image"].affine)
+
+
+@pytest.mark.parametrize(
+    "shape,size",
+    [((1, 301, 257), (150, 100)), ((1, 40, 33, 29), (20, 11, 29)), ((2, 64, 48), (7, 48)), ((1, 50, 60), (80, 30))],
+)
+def test_fast_anti_aliasing_equals_monai_resize(shape, size):
+    """anti_aliased_resize (and so RescaleByFactor / ResizeLongestPad) = MONAI Resize(anti_aliasing=True):
+    same values up to float rounding, same affine; gaussian_smooth = MONAI GaussianSmooth (sigma 0 axes kept)."""
+    from monai.data import MetaTensor
+    from monai.transforms import GaussianSmooth, Resize
+
+    from custom_monai.transforms.rescale import anti_aliased_resize, gaussian_smooth
+
+    torch.manual_seed(0)
+    x = MetaTensor(torch.rand(*shape), affine=torch.diag(torch.tensor([0.1] * (len(shape) - 1) + [1.0])))
+    mode = "bilinear" if len(shape) == 3 else "trilinear"
+    ref = Resize(size, mode=mode, anti_aliasing=True)(x)
+    got = anti_aliased_resize(x, size, mode)
+    assert isinstance(got, MetaTensor) and torch.allclose(got.affine, ref.affine)
+    torch.testing.assert_close(got.as_tensor(), ref.as_tensor(), rtol=0, atol=1e-6)
+    sigma = [0.7, 0.0, 2.3][: len(shape) - 1]
+    torch.testing.assert_close(gaussian_smooth(x, sigma).as_tensor(), GaussianSmooth(sigma)(x).as_tensor(), rtol=0, atol=1e-6)

