@@ -185,6 +185,7 @@ def test_merge_keeps_a_missing_landmark_detectable():
         with torch.no_grad():
             prob = torch.softmax(net(test_img), 1)
         peak[mode] = torch.stack([prob[i, 0, test_pos[i, 0, 0], test_pos[i, 0, 1]] for i in range(64)]).mean().item()
+    print(f"peak probability at the missing landmark: {peak}")
     assert peak["merge"] > 0.5, peak
     assert peak["background"] < peak["merge"] - 0.1, peak
 
