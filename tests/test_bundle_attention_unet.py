@@ -390,8 +390,7 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     the local stage was still worse than the global one after 1200 iterations (6.33 mm).
     """
     root = tmp_path
-    # max_train_minutes 0: the demo config's 9-minute cap would cut this run short on a busy CI machine
-    log = train(BUNDLE, root, demo_env, configs=DEMO_CONFIGS, timeout=1800, max_train_minutes=0)
+    log = train(BUNDLE, root, demo_env, configs=DEMO_CONFIGS, timeout=1800)
     assert "mean-position baseline on the same images: 8.31 mm" in log
     results = {}
     variants = {"full": {}, "no_expansion": {"expand": False}, "global": {"predict_stage": "global"}}
