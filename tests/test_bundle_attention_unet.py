@@ -393,15 +393,16 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     log = train(BUNDLE, root, demo_env, configs=DEMO_CONFIGS, timeout=1800)
     assert "mean-position baseline on the same images: 8.31 mm" in log
     results = {}
-    variants = {"full": {}, "no_expansion": {"expand": False}, "global": {"predict_stage": "global"}}
+    variants = {"full": {}, "exploration": {"expand": True}, "global": {"predict_stage": "global"}}
     for variant, extra in variants.items():
         out = root / f"eval_{variant}"
         metrics = evaluate(BUNDLE, out, demo_env, ckpt_dir=str(root / "models"), write_overlays=False, **extra)
         results[variant] = metrics["mre_mm"]
     baseline = mean_position_baseline(demo_datalist(demo_env), "test")
-    print(f"test MRE: two-stage {results['full']:.3f} mm, without expansion {results['no_expansion']:.3f} mm, "
-          f"global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
-    assert results["full"] <= results["no_expansion"] + 1e-6  # the default exploration never makes it worse
+    print(f"test MRE: two-stage (default, no expansion) {results['full']:.3f} mm, with the paper's expansive "
+          f"exploration {results['exploration']:.3f} mm, global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
+    # the default is the better of the two (exploration measured worse on Hamedan validation and here: 0.98 vs 0.94)
+    assert results["full"] <= results["exploration"] + 1e-6
     assert results["global"] < 0.7 * baseline
     assert results["full"] < 0.6 * results["global"]
     assert results["full"] < 0.25 * baseline
