@@ -74,5 +74,10 @@ def compare(before: str, after: str, threshold: float = 2.0, outlier: float = 4.
     return {"landmarks": rows, "total": total}
 
 
+def _cli(before: str, after: str, threshold: float = 2.0, outlier: float = 4.0, out: str | None = None) -> None:
+    """Command line: print (and write) the table only."""
+    compare(before, after, threshold, outlier, out)
+
+
 if __name__ == "__main__":
-    fire.Fire(compare)
+    fire.Fire(_cli)
