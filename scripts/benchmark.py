@@ -303,7 +303,7 @@ def benchmark(
             every bundle gets the same compute even when other work shares the machine) or ``"wall"``.
         threads: torch/OpenMP threads of every phase (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``). One by default:
             with process CPU time as the budget, idle-spinning OpenMP threads on a shared machine would spend
-            the budget without computing (measured: 252 instead of ~1900 global-stage iterations).
+            the budget without computing (measured: 252 instead of 1504 global-stage iterations of the attention U-Net).
     """
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by every phase's process
         os.environ[var] = str(int(threads))
