@@ -263,7 +263,7 @@ def score_against_annotators(
 
 
 def _metric_row(metrics: dict) -> dict:
-    row = {k: metrics.get(k) for k in ("n_images", "n_points", "mre_px", "sd_px", "mre_mm", "sd_mm", "median_mm", "sdr", "n_not_found")}
+    row = {k: metrics.get(k) for k in ("n_images", "n_points", "mre_px", "sd_px", "mre_mm", "sd_mm", "median_mm", "sdr", "n_not_found", "confidence_error_spearman")}
     row["per_landmark"] = [
         {"name": p.get("name"), "mre_mm": p.get("mre_mm"), "mre_px": p.get("mre_px")} for p in metrics.get("per_landmark") or []
     ]
@@ -444,6 +444,15 @@ def _write_table(results: dict, path: Path) -> None:
             for n, r in scored.items():
                 cells = [r["vs_annotators"].get(w, {}) for w in (GROUND_TRUTH, a, b)]
                 lines.append(f"| {n} | " + " | ".join(f"{_mre_cell(c)}; {_sdr_cell(c)}" for c in cells) + " |")
+    ranked = [
+        f"{name} / {variant}: {_fmt(m['confidence_error_spearman'])}"
+        for name, row in results["bundles"].items()
+        for variant, m in row["variants"].items()
+        if m.get("confidence_error_spearman") is not None
+    ]
+    if ranked:
+        lines += ["", "Spearman correlation of the per-landmark `confidence` with the error (positive: an uncertainty "
+                  "such as σ that grows with the error; negative: a confidence that drops): " + "; ".join(ranked) + "."]
     lines += _measurement_table(results)
     lines += _per_landmark_table(results)
     path.write_text("\n".join(lines) + "\n")

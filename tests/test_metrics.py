@@ -386,3 +386,30 @@ def test_training_summary_names_metric_and_baseline(tmp_path, capsys):
     text = log_training_summary(path, dl)
     assert "val_mre 0.12 mm on 'validation' (epoch 7)" in text and "baseline on the same images: 0.30 mm" in text
     assert text in capsys.readouterr().out
+
+
+def test_spearman_ranks_and_ignores_nonfinite():
+    from custom_monai.metrics import spearman
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
+    assert spearman(a, a**3) == pytest.approx(1.0)  # monotone, not linear: rank correlation is exact
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(0.8)  # 1 - 6*2/(4*15)
+    assert spearman([1.0, 2.0], [1.0, 2.0]) is None  # too few pairs
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # no ranking
+
+
+def test_accumulator_confidence_spearman_in_summary():
+    rng = np.random.default_rng(0)
+    acc = LandmarkErrorAccumulator(["a", "b", "c"])
+    for i in range(6):
+        gt = rng.uniform(0, 100, (3, 2))
+        offset = rng.uniform(1, 10, 3)  # error of each point, px
+        pred = gt + np.stack([offset, np.zeros(3)], axis=1)
+        acc.add(f"img{i}", pred, gt, [0.1, 0.1], confidence=offset * 0.5)  # an uncertainty that tracks the error
+    assert acc.summary()["confidence_error_spearman"] == pytest.approx(1.0)
+    plain = LandmarkErrorAccumulator(["a"])
+    plain.add("x", [[0.0, 0.0]], [[1.0, 0.0]])
+    assert "confidence_error_spearman" not in plain.summary()
+    with pytest.raises(ValueError, match="confidence values"):
+        plain.add("y", [[0.0, 0.0]], [[1.0, 0.0]], confidence=[1.0, 2.0])

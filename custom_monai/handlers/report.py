@@ -122,7 +122,7 @@ class LandmarkReportHandler:
                 gt_meas = None if gt is None or meas is None else measurements_for(gt, self.landmark_names, sp)
                 self._overlay(batch[self.overlay_key], b, path, points, gt, meas, gt_meas)
             if self.metrics and gt is not None:
-                self.accumulator.add(image_id(path), points, gt, sp)
+                self.accumulator.add(image_id(path), points, gt, sp, confidence=None if conf is None else conf[b])
                 self.measurements.add(image_id(path), points, gt, sp)
 
     def _overlay(

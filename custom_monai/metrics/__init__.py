@@ -6,6 +6,7 @@ from custom_monai.metrics.landmark_metrics import (
     DEFAULT_THRESHOLDS,
     LandmarkErrorAccumulator,
     radial_errors,
+    spearman,
     summarize_errors,
 )
 
@@ -18,4 +19,5 @@ __all__ = [
     "mean_position_baseline",
     "radial_errors",
     "summarize_errors",
+    "spearman",
 ]

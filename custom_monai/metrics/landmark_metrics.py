@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "radial_errors",
     "summarize_errors",
+    "spearman",
     "LandmarkErrorAccumulator",
 ]
 
@@ -212,6 +213,27 @@ def _landmark_names(names: Sequence[str] | None, n: int) -> list[str]:
     return names
 
 
+def spearman(a: Any, b: Any) -> float | None:
+    """Spearman rank correlation of ``a`` and ``b`` over the entries where both are finite (ties: mean rank).
+
+    Used to ask whether a model's per-landmark confidence ranks its errors: positive for an uncertainty
+    (σ grows with the error), negative for a confidence (peak value drops). ``None`` with < 3 pairs.
+    """
+    from scipy.stats import rankdata
+
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: {x.shape} and {y.shape} values")
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3:
+        return None
+    rx, ry = rankdata(x[keep]), rankdata(y[keep])
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
 class LandmarkErrorAccumulator:
     """Collect per-image predictions and ground truth; produce the summary and per-row records.
 
@@ -238,12 +260,19 @@ class LandmarkErrorAccumulator:
         self._gt: list[np.ndarray] = []
         self._mm: list[np.ndarray | None] = []
         self._px: list[np.ndarray | None] = []
+        self._conf: list[np.ndarray | None] = []
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, image_id: str, pred: Any, gt: Any, spacing: Any = None, world: bool = False) -> np.ndarray:
-        """Add one image's (N, D) ``pred`` and ``gt``; return its (N,) errors (mm if known, else px)."""
+    def add(
+        self, image_id: str, pred: Any, gt: Any, spacing: Any = None, world: bool = False, confidence: Any = None
+    ) -> np.ndarray:
+        """Add one image's (N, D) ``pred`` and ``gt``; return its (N,) errors (mm if known, else px).
+
+        ``confidence`` (N,), optional: the model's per-landmark confidence (or uncertainty, e.g. D-CeLR's σ);
+        the summary then says how well it ranks the errors (:func:`spearman`).
+        """
         p = _to_numpy(pred, f"pred of {image_id}")
         g = _to_numpy(gt, f"gt of {image_id}")
         if p.ndim != 2 or p.shape != g.shape:
@@ -273,6 +302,12 @@ class LandmarkErrorAccumulator:
         self._gt.append(g)
         self._mm.append(mm)
         self._px.append(px)
+        conf = None
+        if confidence is not None:
+            conf = _to_numpy(confidence, f"confidence of {image_id}").astype(np.float64).reshape(-1)
+            if conf.size != p.shape[0]:
+                raise ValueError(f"{image_id}: {p.shape[0]} points but {conf.size} confidence values")
+        self._conf.append(conf)
         return mm if mm is not None else px
 
     def add_batch(self, image_ids: Sequence[str], pred: Any, gt: Any, spacing: Any = None) -> None:
@@ -318,7 +353,11 @@ class LandmarkErrorAccumulator:
         emm, epx = self.errors_mm, self.errors_px
         if emm is None and epx is None:
             raise ValueError("images mix world-mm and pixel-only errors; no common unit to summarize")
-        return summarize_errors(emm, epx, self.landmark_names, self.thresholds)
+        summary = summarize_errors(emm, epx, self.landmark_names, self.thresholds)
+        if self._conf and all(c is not None for c in self._conf):
+            errors = emm if emm is not None else epx
+            summary["confidence_error_spearman"] = spearman(np.stack(self._conf), errors)
+        return summary
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per (image, landmark): id, index, name, pred_x/y(/z), gt_x/y(/z), error_px, error_mm, status.
