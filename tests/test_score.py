@@ -157,3 +157,20 @@ def test_compare_variants_counts_moved_and_rescued(tmp_path):
     (tmp_path / "short.csv").write_text(header + "a,1,S,0,0,0,0,0,1.0,ok\n")
     with pytest.raises(ValueError, match="same"):
         mod.compare(str(tmp_path / "before.csv"), str(tmp_path / "short.csv"))
+
+
+def test_error_groups_splits_by_id(tmp_path):
+    """scripts/error_groups.py: MRE/SDR per group of image ids; missing ground truth left out, not-found = miss."""
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("error_groups", Path(__file__).parents[1] / "scripts" / "error_groups.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    header = "id,index,name,pred_x,pred_y,gt_x,gt_y,error_px,error_mm,status\n"
+    rows = [("c1_ct_x", "1.0", "ok"), ("c1_ct_x", "3.0", "ok"), ("c2_cbct_y", "5.0", "ok"), ("c2_cbct_y", "", "not_found"),
+            ("c2_cbct_y", "", "missing_gt"), ("odd", "2.0", "ok")]
+    (tmp_path / "p.csv").write_text(header + "".join(f"{i},1,S,0,0,0,0,,{e},{s}\n" for i, e, s in rows))
+    res = mod.error_groups(str(tmp_path / "p.csv"), '{"CBCT": "_cbct", "CT": "_ct_"}')
+    assert res["CT"]["mre"] == pytest.approx(2.0) and res["CT"]["sdr"]["2.0"] == pytest.approx(50.0)
+    assert (res["CBCT"]["n_points"], res["CBCT"]["n_not_found"], res["CBCT"]["mre"]) == (2, 1, 5.0)
+    assert res["CBCT"]["sdr"]["4.0"] == 0.0 and res["other"]["n_images"] == 1
