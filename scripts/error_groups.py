@@ -57,5 +57,10 @@ def error_groups(predictions: str, groups: str | dict, thresholds: tuple = (2.0,
     return out
 
 
+def _cli(predictions: str, groups: str, thresholds: tuple = (2.0, 2.5, 3.0, 4.0)) -> None:
+    """Command line: print the table only (the returned dictionary is for callers)."""
+    error_groups(predictions, groups, thresholds)
+
+
 if __name__ == "__main__":
-    fire.Fire(error_groups)
+    fire.Fire(_cli)
