@@ -219,19 +219,16 @@ def spearman(a: Any, b: Any) -> float | None:
     Used to ask whether a model's per-landmark confidence ranks its errors: positive for an uncertainty
     (σ grows with the error), negative for a confidence (peak value drops). ``None`` with < 3 pairs.
     """
-    from scipy.stats import rankdata
+    from scipy.stats import spearmanr
 
     x = np.asarray(a, dtype=np.float64).reshape(-1)
     y = np.asarray(b, dtype=np.float64).reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"spearman: {x.shape} and {y.shape} values")
     keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3:
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
         return None
-    rx, ry = rankdata(x[keep]), rankdata(y[keep])
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(spearmanr(x[keep], y[keep]).statistic)
 
 
 class LandmarkErrorAccumulator:
