@@ -67,9 +67,13 @@ HUMAN_FOOTNOTE = (
 #: evaluation variants per bundle: name -> config overrides (the papers' ablation rows)
 VARIANTS = {
     "attention_unet_ceph2d": {
-        "no_expansion": {},  # the default since the exploration measured worse (issue 13)
-        "exploration": {"expand": True, "expand_below": 1.0},  # the paper: every landmark explored
-        "adaptive_exploration": {"expand": True, "expand_below": 0.2},  # only landmarks the centred region missed
+        # the default: one centred region, the above-threshold blob chosen by the global stage's probability
+        "guided_no_expansion": {},
+        # the same guided decoding over the paper's five regions
+        "guided_exploration": {"expand": True},
+        # the paper's decoding (mean of every above-threshold pixel, no prior): without / with exploration
+        "paper_no_expansion": {"peak_component": False, "prior_power": 0.0},
+        "paper_exploration": {"expand": True, "peak_component": False, "prior_power": 0.0},
         "global_only": {"predict_stage": "global"},
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},

@@ -41,3 +41,21 @@ def repo_root() -> Path:
 def demo_env(tmp_path_factory) -> dict:
     """Environment for bundle runs: a module-private cache where the demo data is generated on first use."""
     return {"CUSTOM_MONAI_CACHE": str(tmp_path_factory.mktemp("demo_cache"))}
+
+
+#: module-scoped fixtures that are cheap to build twice (everything else module-scoped, e.g. a trained bundle, is not)
+_CHEAP_MODULE_FIXTURES = {"demo_env"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n --dist loadgroup``, the tests that share an expensive module-scoped fixture (a trained
+    bundle) form one xdist group per module, so that fixture is built on one worker only; the module's other
+    tests are still spread over the workers. Without this, each worker that runs one of them trains it again."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        shared = [n for n, d in defs.items() if d and d[-1].scope == "module" and n not in _CHEAP_MODULE_FIXTURES]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -393,16 +393,24 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     log = train(BUNDLE, root, demo_env, configs=DEMO_CONFIGS, timeout=1800)
     assert "mean-position baseline on the same images: 8.31 mm" in log
     results = {}
-    variants = {"full": {}, "exploration": {"expand": True}, "global": {"predict_stage": "global"}}
+    paper = {"peak_component": False, "prior_power": 0.0}
+    variants = {
+        "full": {},  # the default: one centred region, the blob chosen by the global stage's probability
+        "guided_exploration": {"expand": True},
+        "paper_no_expansion": paper,
+        "paper_exploration": {"expand": True, **paper},
+        "global": {"predict_stage": "global"},
+    }
     for variant, extra in variants.items():
         out = root / f"eval_{variant}"
         metrics = evaluate(BUNDLE, out, demo_env, ckpt_dir=str(root / "models"), write_overlays=False, **extra)
         results[variant] = metrics["mre_mm"]
     baseline = mean_position_baseline(demo_datalist(demo_env), "test")
-    print(f"test MRE: two-stage (default, no expansion) {results['full']:.3f} mm, with the paper's expansive "
-          f"exploration {results['exploration']:.3f} mm, global only {results['global']:.2f} mm, baseline {baseline:.2f} mm")
-    # the default is the better of the two (exploration measured worse on Hamedan validation and here: 0.98 vs 0.94)
-    assert results["full"] <= results["exploration"] + 1e-6
+    print("test MRE (mm): " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()) + f", baseline {baseline:.2f}")
+    # the default is the best variant; guiding the exploration by the global stage does not make it worse
+    # (validation, this model: default 0.833, paper without expansion 0.833, guided exploration 0.863, paper's 0.898)
+    assert results["full"] <= min(results["paper_no_expansion"], results["guided_exploration"], results["paper_exploration"]) + 1e-6
+    assert results["guided_exploration"] <= results["paper_exploration"] + 1e-6
     assert results["global"] < 0.7 * baseline
     assert results["full"] < 0.6 * results["global"]
     assert results["full"] < 0.25 * baseline

@@ -1,6 +1,6 @@
 """Predictors (batch -> landmarks in the original frame) and multi-stage inference."""
 
-from .attention_guided import AttentionGuidedPredictor
+from .attention_guided import AttentionGuidedPredictor, sample_prior
 from .coordinate_regression import CoordinateRegressionPredictor, SelectOutput
 from .two_pass import DCeLRPredictor
 from .global_local import GlobalLocalPredictor
@@ -9,6 +9,7 @@ from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
 
 __all__ = [
     "AttentionGuidedPredictor",
+    "sample_prior",
     "CoordinateRegressionPredictor",
     "DCeLRPredictor",
     "ExpansiveExplorationInferer",

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .expansive_exploration import ExpansiveExplorationInferer, coarse_from_global
 from .predictor import LandmarkPredictor, grid_to_original, original_to_grid
 
-__all__ = ["AttentionGuidedPredictor"]
+__all__ = ["AttentionGuidedPredictor", "sample_prior"]
+
+
+def sample_prior(probs: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> Callable:
+    """The global stage's probability maps as a prior for :class:`ExpansiveExplorationInferer`.
+
+    Args:
+        probs: (N, *spatial) one image's global-stage probabilities of the N landmarks.
+        scale, offset: (D,) the affine map from local-grid to global-grid index coordinates
+            (``global = local * scale + offset``; both grids are axis-aligned rescalings of the image).
+
+    Returns:
+        ``prior(coords (K, M, D), landmarks (K,)) -> (K, M)``, bilinearly (trilinearly) interpolated, 0 outside.
+    """
+    dims = probs.dim() - 1
+    size = torch.tensor(probs.shape[1:], dtype=torch.float32, device=probs.device)
+
+    def prior(coords: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        g = coords.to(probs.device).float() * scale.to(probs.device) + offset.to(probs.device)
+        norm = (2 * g / (size - 1).clamp_min(1) - 1).flip(-1)  # grid_sample wants (x, y[, z]) = reversed dims
+        grid = norm.reshape([coords.shape[0]] + [1] * (dims - 1) + [coords.shape[1], dims])
+        maps = probs[landmarks.to(probs.device)].unsqueeze(1).float()  # (K, 1, *spatial)
+        out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.reshape(coords.shape[0], coords.shape[1])
+
+    return prior
 
 
 class AttentionGuidedPredictor(LandmarkPredictor):
@@ -34,6 +62,8 @@ class AttentionGuidedPredictor(LandmarkPredictor):
         region_batch_size: regions per local forward pass.
         expand_below: explore only landmarks whose centred region's peak probability is below this
             (``1.0``: all, the paper); see :class:`ExpansiveExplorationInferer`.
+        component: decode only the above-threshold blob with the merged map's maximum (paper: all blobs).
+        prior_power: weight the merged local map by the global probability map ** this (0: paper).
     """
 
     def __init__(
@@ -50,6 +80,8 @@ class AttentionGuidedPredictor(LandmarkPredictor):
         local_key: str = "image_local",
         region_batch_size: int = 32,
         expand_below: float = 1.0,
+        component: bool = False,
+        prior_power: float = 0.0,
     ) -> None:
         if stage not in ("full", "global"):
             raise ValueError(f"stage must be 'full' or 'global', got {stage!r}")
@@ -73,6 +105,8 @@ class AttentionGuidedPredictor(LandmarkPredictor):
                 softmax=True,
                 batch_size=region_batch_size,
                 expand_below=expand_below,
+                component=component,
+                prior_power=prior_power,
             )
 
     def predict_grid(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -84,9 +118,17 @@ class AttentionGuidedPredictor(LandmarkPredictor):
             return coarse.cpu(), confidence.cpu(), self.global_key
         local_image = batch[self.local_key]
         coarse_local = original_to_grid(grid_to_original(coarse, image), local_image)
+        if self.local_inferer.prior_power > 0:  # local-grid -> global-grid affine per image, from D + 1 points
+            dims = coarse.shape[-1]
+            basis = torch.cat([torch.zeros(1, dims), torch.eye(dims)])[None].expand(coarse.shape[0], -1, -1)
+            mapped = original_to_grid(grid_to_original(basis.contiguous(), local_image), image)
+            offsets, scales = mapped[:, 0], (mapped[:, 1:] - mapped[:, :1]).diagonal(dim1=1, dim2=2)
         points, confs = [], []
         for b in range(coarse_local.shape[0]):
-            p, c = self.local_inferer(local_image[b : b + 1].to(device), coarse_local[b].to(device))
+            prior = None
+            if self.local_inferer.prior_power > 0:
+                prior = sample_prior(probs[b, : self.n_landmarks], scales[b], offsets[b])
+            p, c = self.local_inferer(local_image[b : b + 1].to(device), coarse_local[b].to(device), prior)
             points.append(p.cpu())
             confs.append(c.cpu())
         return torch.stack(points), torch.stack(confs), self.local_key

@@ -15,6 +15,13 @@ region means the global stage found the landmark, and exploring it can only add 
 to the merged map; an unconfident one is the global miss that exploration is for. It also saves the
 corner regions' forward passes for every confident landmark.
 
+Two fusion options address what goes wrong when the explored regions contain look-alike structures (the
+merged map then has two bright blobs, and the paper's mean of everything above the threshold lands between
+them, on neither): ``component=True`` keeps only the above-threshold blob that holds the maximum, and
+``prior_power`` > 0 multiplies the merged map by the global stage's probability of that landmark (sampled on
+the local grid, raised to ``prior_power``), so an explored blob must be supported by the global heatmap too.
+With both off (the defaults) the decoding is the paper's.
+
 Everything here is plain torch and works for 2D and 3D (``2**D`` corner regions + 1). Instead of a
 full-size ``H_M`` per landmark, the regions are pasted into a local canvas covering their union
 (side ``eps * region``), which gives the same result: the full-size map is 0 outside the canvas, so
@@ -29,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 __all__ = [
     "expansive_regions",
@@ -106,6 +114,8 @@ def decode_threshold_mean(
     threshold: float = 0.5,
     valid: torch.Tensor | None = None,
     minimum: torch.Tensor | None = None,
+    component: bool = False,
+    select: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel: min-max normalise, drop values below ``threshold``, mean position of the rest.
 
@@ -114,6 +124,10 @@ def decode_threshold_mean(
         threshold: kept where the normalised value is >= ``threshold`` (and > 0).
         valid: optional (N, *spatial) bool; only these pixels exist (min, max and mean ignore the rest).
         minimum: optional (N,) value used as the map minimum instead of the one computed over ``valid``.
+        component: keep only the connected above-threshold region (face-connected) that holds the maximum,
+            so two separate blobs do not average into a point between them.
+        select: optional (N, *spatial) scores that choose that region instead (the region holding the largest
+            score among the kept pixels, e.g. the map weighted by a prior); the mean is still of ``heatmaps``.
 
     Returns:
         points (N, D) in index coordinates of the maps (NaN where nothing survives, e.g. a constant map),
@@ -129,6 +143,9 @@ def decode_threshold_mean(
     span = hi - lo
     norm = (flat - lo[:, None]) / span.clamp_min(torch.finfo(flat.dtype).tiny)[:, None]
     keep = ok & (norm >= threshold) & (norm > 0) & (span > 0)[:, None]
+    if component:
+        scores = flat if select is None else _plain(select).reshape(n, -1).float()
+        keep = _peak_component(keep, scores, spatial)
     w = keep.to(flat.dtype)
     count = w.sum(1)
     coords = torch.stack(
@@ -138,6 +155,18 @@ def decode_threshold_mean(
     found = count > 0
     points = torch.where(found[:, None], points, torch.full_like(points, math.nan))
     return points, found
+
+
+def _peak_component(keep: torch.Tensor, values: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
+    """(N, M) bool ``keep`` reduced to the face-connected region of each row that contains its largest value."""
+    out = torch.zeros_like(keep)
+    for i in range(keep.shape[0]):
+        if not keep[i].any():
+            continue
+        labels, _ = ndimage.label(keep[i].reshape(spatial).cpu().numpy())
+        peak = int(torch.where(keep[i], values[i], torch.full_like(values[i], -math.inf)).argmax())
+        out[i] = torch.from_numpy(labels.reshape(-1) == labels.reshape(-1)[peak]).to(keep.device)
+    return out
 
 
 def coarse_from_global(global_probs: torch.Tensor, n_landmarks: int) -> torch.Tensor:
@@ -201,9 +230,13 @@ class ExpansiveExplorationInferer:
         batch_size: regions per forward pass (the regions are split into chunks of this size).
         expand_below: with ``expand``, explore only landmarks whose centred region's peak probability is
             below this (``1.0``: every landmark, as in the paper).
+        component: decode only the above-threshold blob holding the merged map's maximum (paper: all of them).
+        prior_power: weight the merged map by ``prior ** prior_power`` where a ``prior`` is given to
+            ``__call__`` (the global stage's probability map); 0 = no weighting (paper).
 
-    ``__call__(image, coarse) -> (points (N, D), confidence (N,))``: ``image`` (1, C_in, *spatial) at
-    the local scale, ``coarse`` (N, D) coarse points on the same grid. ``points`` are on that grid;
+    ``__call__(image, coarse, prior=None) -> (points (N, D), confidence (N,))``: ``image`` (1, C_in, *spatial)
+    at the local scale, ``coarse`` (N, D) coarse points on the same grid; ``prior(coords, landmarks)``, if
+    given, maps (K, M, D) grid coordinates and the (K,) landmark indices to (K, M) non-negative weights. ``points`` are on that grid;
     ``confidence`` is the maximum of the landmark's averaged probability map. A landmark whose merged map
     is constant (nothing to threshold) keeps its coarse point with confidence 0; a NaN coarse point
     gives a NaN point. The network runs under ``torch.no_grad()``; putting it in eval mode is the
@@ -222,7 +255,11 @@ class ExpansiveExplorationInferer:
         softmax: bool = True,
         batch_size: int = 32,
         expand_below: float = 1.0,
+        component: bool = False,
+        prior_power: float = 0.0,
     ) -> None:
+        if prior_power < 0:
+            raise ValueError(f"ExpansiveExplorationInferer: prior_power must be >= 0, got {prior_power}")
         if int(region_size) < 1:
             raise ValueError(f"ExpansiveExplorationInferer: region_size must be >= 1, got {region_size}")
         if batch_size < 1:
@@ -238,6 +275,9 @@ class ExpansiveExplorationInferer:
         self.softmax = softmax
         self.batch_size = int(batch_size)
         self.expand_below = float(expand_below)
+        self.component = bool(component)
+        self.prior_power = float(prior_power)
+        self._prior: Callable | None = None
         self.explored: torch.Tensor | None = None
 
     def region_starts(self, coarse: torch.Tensor) -> torch.Tensor:
@@ -265,7 +305,9 @@ class ExpansiveExplorationInferer:
                 out_maps.append(mine)
         return torch.cat(out_maps)
 
-    def __call__(self, image: torch.Tensor, coarse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: torch.Tensor, coarse: torch.Tensor, prior: Callable | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         image = _plain(image)
         dims = image.dim() - 2
         if image.dim() < 4 or image.shape[0] != 1:
@@ -288,7 +330,9 @@ class ExpansiveExplorationInferer:
         patches, inside = crop_regions(image[0], centre[:, 0], self.region_size)
         maps = self._run_net(patches, torch.arange(n, device=image.device), n)[:, None]  # (N, 1, *region)
         inside = inside[:, None]
-        points, confidence = self._decode(image, centre, maps, inside, coarse_filled)
+        self._prior = prior if self.prior_power > 0 else None
+        landmarks = torch.arange(n, device=image.device)
+        points, confidence = self._decode(image, centre, maps, inside, coarse_filled, landmarks)
         explored = torch.zeros(n, dtype=torch.bool, device=image.device)
         if self.expand:
             peak = torch.where(inside, maps, torch.zeros_like(maps)).reshape(n, -1).amax(1)
@@ -303,7 +347,7 @@ class ExpansiveExplorationInferer:
             starts = torch.cat([corners, centre[which]], 1)
             all_maps = torch.cat([c_maps.reshape([k, p] + size), maps[which]], 1)
             all_inside = torch.cat([c_inside.reshape([k, p] + size), inside[which]], 1)
-            e_points, e_conf = self._decode(image, starts, all_maps, all_inside, coarse_filled[which])
+            e_points, e_conf = self._decode(image, starts, all_maps, all_inside, coarse_filled[which], which)
             points[which], confidence[which] = e_points, e_conf
         self.explored = explored
         points = torch.where(missing[:, None], torch.full_like(points, math.nan), points)
@@ -311,17 +355,35 @@ class ExpansiveExplorationInferer:
         return points, confidence
 
     def _decode(
-        self, image: torch.Tensor, starts: torch.Tensor, maps: torch.Tensor, inside: torch.Tensor, fallback: torch.Tensor
+        self,
+        image: torch.Tensor,
+        starts: torch.Tensor,
+        maps: torch.Tensor,
+        inside: torch.Tensor,
+        fallback: torch.Tensor,
+        landmarks: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge each landmark's (P, *region) maps placed at ``starts`` (N, P, D) and decode one point each.
 
-        A landmark whose merged map is constant keeps its ``fallback`` point with confidence 0.
+        ``landmarks`` (N,) are the landmark indices (for the prior). A landmark whose merged map is constant
+        keeps its ``fallback`` point with confidence 0.
         """
         n = starts.shape[0]
         origin = starts.amin(1)  # (N, D)
         rel = starts - origin[:, None]
         canvas = [int(v) + self.region_size for v in rel.amax((0, 1)).tolist()]
         merged, covered = _paste_mean(maps, rel, inside, canvas)
+        select = None
+        if self._prior is not None:
+            grid = torch.stack(
+                torch.meshgrid(*[torch.arange(c, device=merged.device) for c in canvas], indexing="ij"), -1
+            ).reshape(1, -1, len(canvas))
+            coords = (grid + origin[:, None]).float()  # (N, M, D) on the image grid
+            weight = _plain(self._prior(coords, landmarks)).to(merged).clamp_min(0) ** self.prior_power
+            if self.component:  # the prior chooses the blob; its position comes from the local maps alone
+                select = merged * (weight.reshape(merged.shape) + 1e-8)  # + 1e-8: ties (prior 0) go to the map
+            else:
+                merged = merged * weight.reshape(merged.shape)
 
         # the full-size H_M is 0 wherever no region reached, so its minimum is 0 unless the regions
         # cover the whole image
@@ -329,7 +391,9 @@ class ExpansiveExplorationInferer:
         full = n_cov >= math.prod(image.shape[2:])
         cov_min = torch.where(covered, merged, torch.full_like(merged, math.inf)).reshape(n, -1).amin(1)
         minimum = torch.where(full, cov_min, torch.zeros_like(cov_min))
-        points, found = decode_threshold_mean(merged, self.threshold, valid=covered, minimum=minimum)
+        points, found = decode_threshold_mean(
+            merged, self.threshold, valid=covered, minimum=minimum, component=self.component, select=select
+        )
         points = points + origin.to(points.dtype)
         confidence = merged.reshape(n, -1).amax(1)
         points = torch.where(found[:, None], points, fallback)
