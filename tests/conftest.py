@@ -59,3 +59,19 @@ def pytest_collection_modifyitems(config, items):
         shared = [n for n, d in defs.items() if d and d[-1].scope == "module" and n not in _CHEAP_MODULE_FIXTURES]
         if shared:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session):
+    """Make ``--dist loadgroup`` group again under pytest 9: pytest 9 keeps a node's id in ``_id``, while
+    pytest-xdist 3.8 still appends the ``@group`` suffix to the old ``_nodeid`` attribute, which nothing reads any
+    more, so every group silently fell apart (each worker built the shared fixtures again). Runs before xdist
+    sends the collected ids to the controller; a no-op where xdist's own suffix took effect."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in session.items:
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(sorted(names))}")
