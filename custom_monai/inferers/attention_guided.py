@@ -62,7 +62,8 @@ class AttentionGuidedPredictor(LandmarkPredictor):
         region_batch_size: regions per local forward pass.
         expand_below: explore only landmarks whose centred region's peak probability is below this
             (``1.0``: all, the paper); see :class:`ExpansiveExplorationInferer`.
-        component: decode only the above-threshold blob with the merged map's maximum (paper: all blobs).
+        component: decode only one above-threshold blob of the merged local map (paper: all of them): the one
+            with the largest local x global probability when ``prior_power`` > 0, else the local maximum's.
         prior_power: weight the merged local map by the global probability map ** this (0: paper).
     """
 

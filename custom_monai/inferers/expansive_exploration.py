@@ -277,7 +277,6 @@ class ExpansiveExplorationInferer:
         self.expand_below = float(expand_below)
         self.component = bool(component)
         self.prior_power = float(prior_power)
-        self._prior: Callable | None = None
         self.explored: torch.Tensor | None = None
 
     def region_starts(self, coarse: torch.Tensor) -> torch.Tensor:
@@ -330,9 +329,9 @@ class ExpansiveExplorationInferer:
         patches, inside = crop_regions(image[0], centre[:, 0], self.region_size)
         maps = self._run_net(patches, torch.arange(n, device=image.device), n)[:, None]  # (N, 1, *region)
         inside = inside[:, None]
-        self._prior = prior if self.prior_power > 0 else None
+        prior = prior if self.prior_power > 0 else None
         landmarks = torch.arange(n, device=image.device)
-        points, confidence = self._decode(image, centre, maps, inside, coarse_filled, landmarks)
+        points, confidence = self._decode(image, centre, maps, inside, coarse_filled, landmarks, prior)
         explored = torch.zeros(n, dtype=torch.bool, device=image.device)
         if self.expand:
             peak = torch.where(inside, maps, torch.zeros_like(maps)).reshape(n, -1).amax(1)
@@ -347,7 +346,7 @@ class ExpansiveExplorationInferer:
             starts = torch.cat([corners, centre[which]], 1)
             all_maps = torch.cat([c_maps.reshape([k, p] + size), maps[which]], 1)
             all_inside = torch.cat([c_inside.reshape([k, p] + size), inside[which]], 1)
-            e_points, e_conf = self._decode(image, starts, all_maps, all_inside, coarse_filled[which], which)
+            e_points, e_conf = self._decode(image, starts, all_maps, all_inside, coarse_filled[which], which, prior)
             points[which], confidence[which] = e_points, e_conf
         self.explored = explored
         points = torch.where(missing[:, None], torch.full_like(points, math.nan), points)
@@ -362,10 +361,11 @@ class ExpansiveExplorationInferer:
         inside: torch.Tensor,
         fallback: torch.Tensor,
         landmarks: torch.Tensor,
+        prior: Callable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge each landmark's (P, *region) maps placed at ``starts`` (N, P, D) and decode one point each.
 
-        ``landmarks`` (N,) are the landmark indices (for the prior). A landmark whose merged map is constant
+        ``landmarks`` (N,) are the landmark indices for ``prior`` (already ``None`` when ``prior_power`` is 0). A landmark whose merged map is constant
         keeps its ``fallback`` point with confidence 0.
         """
         n = starts.shape[0]
@@ -374,12 +374,12 @@ class ExpansiveExplorationInferer:
         canvas = [int(v) + self.region_size for v in rel.amax((0, 1)).tolist()]
         merged, covered = _paste_mean(maps, rel, inside, canvas)
         select = None
-        if self._prior is not None:
+        if prior is not None:
             grid = torch.stack(
                 torch.meshgrid(*[torch.arange(c, device=merged.device) for c in canvas], indexing="ij"), -1
             ).reshape(1, -1, len(canvas))
             coords = (grid + origin[:, None]).float()  # (N, M, D) on the image grid
-            weight = _plain(self._prior(coords, landmarks)).to(merged).clamp_min(0) ** self.prior_power
+            weight = _plain(prior(coords, landmarks)).to(merged).clamp_min(0) ** self.prior_power
             if self.component:  # the prior chooses the blob; its position comes from the local maps alone
                 select = merged * (weight.reshape(merged.shape) + 1e-8)  # + 1e-8: ties (prior 0) go to the map
             else:
