@@ -12,6 +12,7 @@ from .checkpoint import (
     state_dicts,
     trained_settings,
 )
+from .distributed import finalize_distributed
 from .report import LandmarkReportHandler
 from .schedule import ProgressAttributeSwitch, ProgressLRHandler, lr_factor
 from .summary import log_training_summary
@@ -38,6 +39,7 @@ __all__ = [
     "ResumableCheckpoint",
     "TimeBudgetHandler",
     "atomic_torch_save",
+    "finalize_distributed",
     "check_settings",
     "load_checkpoint",
     "lr_factor",
