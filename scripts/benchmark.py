@@ -67,13 +67,18 @@ HUMAN_FOOTNOTE = (
 #: evaluation variants per bundle: name -> config overrides (the papers' ablation rows)
 VARIANTS = {
     "attention_unet_ceph2d": {
-        # the default: one centred region, the above-threshold blob chosen by the global stage's probability
-        "guided_no_expansion": {},
+        # the default: the decoding chosen on the validation images at the end of training (model.json)
+        "chosen_decoding": {},
+        # one centred region, the above-threshold blob chosen by the global stage's probability
+        "guided_no_expansion": {"expand": False, "peak_component": True, "prior_power": 1.0},
         # the same guided decoding over the paper's five regions
-        "guided_exploration": {"expand": True},
+        "guided_exploration": {"expand": True, "peak_component": True, "prior_power": 1.0},
         # the paper's decoding (mean of every above-threshold pixel, no prior): without / with exploration
-        "paper_no_expansion": {"peak_component": False, "prior_power": 0.0},
+        "paper_no_expansion": {"expand": False, "peak_component": False, "prior_power": 0.0},
         "paper_exploration": {"expand": True, "peak_component": False, "prior_power": 0.0},
+        # the local map weighted by the global probability squared: without / with exploration
+        "weighted_squared_no_expansion": {"expand": False, "peak_component": False, "prior_power": 2.0},
+        "weighted_squared_exploration": {"expand": True, "peak_component": False, "prior_power": 2.0},
         "global_only": {"predict_stage": "global"},
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},

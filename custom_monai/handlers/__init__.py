@@ -12,6 +12,7 @@ from .checkpoint import (
     state_dicts,
     trained_settings,
 )
+from .decoding import select_decoding, trained_decoding
 from .distributed import finalize_distributed
 from .report import LandmarkReportHandler
 from .schedule import ProgressAttributeSwitch, ProgressLRHandler, lr_factor
@@ -40,6 +41,8 @@ __all__ = [
     "TimeBudgetHandler",
     "atomic_torch_save",
     "finalize_distributed",
+    "select_decoding",
+    "trained_decoding",
     "check_settings",
     "load_checkpoint",
     "lr_factor",
