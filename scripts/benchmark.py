@@ -30,11 +30,9 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fire
