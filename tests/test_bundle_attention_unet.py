@@ -142,7 +142,10 @@ def test_training_writes_model_and_settings(trained):
     selection = record["decoding_selection"]
     candidates = _config("train.json")["decoding_candidates"]
     assert set(selection["scores"]) == set(candidates)
-    assert selection["scores"][selection["chosen"]] == min(selection["scores"].values())
+    scores, first = selection["scores"], next(iter(candidates))
+    best_other = min((s for n, s in scores.items() if n != first), default=math.inf)
+    expected_choice = first if best_other >= 0.99 * scores[first] else min(scores, key=scores.get)  # 1 % margin
+    assert scores[selection["chosen"]] == scores[expected_choice]
     assert decoding == candidates[selection["chosen"]]
     assert "decoding chosen on the validation images (val_mre)" in log
     assert record["metric_name"] == "val_mre" and math.isfinite(record["metric"]) and record["epoch"] == 1

@@ -69,6 +69,18 @@ def test_ties_go_to_the_first_candidate(model):
     assert select_decoding(ev, target, CANDIDATES, model, attributes=ATTR) == "guided"
 
 
+def test_another_decoding_must_beat_the_first_by_the_margin(model):
+    target = FakeInferer()
+    ev = FakeEvaluator(target, lambda t: 1.0 - 0.005 * (not t.component))  # paper / weighted²: 0.5 % better
+    assert select_decoding(ev, target, CANDIDATES, model, attributes=ATTR) == "guided"  # default margin 1 %
+    record = json.loads(model.with_suffix(".json").read_text())
+    assert record["decoding_selection"]["chosen"] == "guided" and record["settings"]["decoding"] == CANDIDATES["guided"]
+    assert select_decoding(ev, target, CANDIDATES, model, attributes=ATTR, margin=0.004) == "paper"  # first of the two
+    assert select_decoding(ev, target, CANDIDATES, model, attributes=ATTR, margin=0.0) == "paper"
+    with pytest.raises(ValueError, match="margin"):
+        select_decoding(ev, target, CANDIDATES, model, attributes=ATTR, margin=1.0)
+
+
 def test_unknown_setting_and_missing_model_are_clear(model, tmp_path):
     target = FakeInferer()
     ev = FakeEvaluator(target, lambda t: 1.0)
