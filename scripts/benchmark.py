@@ -62,21 +62,22 @@ HUMAN_FOOTNOTE = (
     "with when the ground truth is the mean of the two annotators."
 )
 
+
+def _decoding_candidates(bundle: str) -> dict:
+    """The bundle's ``decoding_candidates`` (train.json), the decodings its training chooses among."""
+    config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+    return dict(config.get("decoding_candidates", {}))
+
+
 #: evaluation variants per bundle: name -> config overrides (the papers' ablation rows)
 VARIANTS = {
     "attention_unet_ceph2d": {
         # the default: the decoding chosen on the validation images at the end of training (model.json)
         "chosen_decoding": {},
-        # one centred region, the above-threshold blob chosen by the global stage's probability
-        "guided_no_expansion": {"expand": False, "peak_component": True, "prior_power": 1.0},
-        # the same guided decoding over the paper's five regions
-        "guided_exploration": {"expand": True, "peak_component": True, "prior_power": 1.0},
-        # the paper's decoding (mean of every above-threshold pixel, no prior): without / with exploration
-        "paper_no_expansion": {"expand": False, "peak_component": False, "prior_power": 0.0},
+        # every candidate of that choice (guided blob, paper, weighted maps; one region or exploration), then the
+        # paper's full pipeline (its decoding over the five regions of expansive exploration) and stage 1 alone
+        **_decoding_candidates("attention_unet_ceph2d"),
         "paper_exploration": {"expand": True, "peak_component": False, "prior_power": 0.0},
-        # the local map weighted by the global probability squared: without / with exploration
-        "weighted_squared_no_expansion": {"expand": False, "peak_component": False, "prior_power": 2.0},
-        "weighted_squared_exploration": {"expand": True, "peak_component": False, "prior_power": 2.0},
         "global_only": {"predict_stage": "global"},
     },
     "cephmarknet_ceph2d": {"refined": {}, "coarse_only": {"predict_output": "coarse"}},

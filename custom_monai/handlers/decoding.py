@@ -68,7 +68,9 @@ def select_decoding(
     attributes = dict(attributes or {})
     path = settings_path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"select_decoding: {path} does not exist (no model was selected: did any validation run?)")
+        raise FileNotFoundError(
+            f"select_decoding: {path} does not exist (no model was selected: did any validation run?)"
+        )
     for name, settings in candidates.items():
         for key in settings:
             if not hasattr(target, attributes.get(key, key)):

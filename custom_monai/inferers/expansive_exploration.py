@@ -365,8 +365,8 @@ class ExpansiveExplorationInferer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Merge each landmark's (P, *region) maps placed at ``starts`` (N, P, D) and decode one point each.
 
-        ``landmarks`` (N,) are the landmark indices for ``prior`` (already ``None`` when ``prior_power`` is 0). A landmark whose merged map is constant
-        keeps its ``fallback`` point with confidence 0.
+        ``landmarks`` (N,) are the landmark indices for ``prior`` (already ``None`` when ``prior_power`` is 0).
+        A landmark whose merged map is constant keeps its ``fallback`` point with confidence 0.
         """
         n = starts.shape[0]
         origin = starts.amin(1)  # (N, D)
