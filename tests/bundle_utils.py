@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -308,4 +309,35 @@ def model_record(root: Path, log: str) -> dict:
     record = json.loads((models / "model.json").read_text())
     assert record["settings"]["landmark_names"] == [f"L{i}" for i in range(1, 20)]
     assert record["metric_name"] == "val_mre" and np.isfinite(record["metric"])
+    return record
+
+
+def assert_label_predicts_as_inference(bundle: str, models: Path, tmp_path: Path, env: dict, image: str = "test_000.png") -> dict:
+    """MONAI Label's wrapper of ``bundle`` (``custom_monai.label.LandmarkBundle``, what the label app serves) predicts
+    the points, names and per-landmark fields that ``run inference`` writes for the same image and ``model.pt``.
+
+    The wrapper imports no MONAI Label, so this runs in the main environment; ``tests/test_label.py`` serves it over
+    HTTP in MONAI Label's own. Returns the served record.
+    """
+    from custom_monai.label.bundle import LandmarkBundle
+
+    inp, out = tmp_path / "label_in", tmp_path / "label_out"
+    inp.mkdir()
+    shutil.copy(demo_datalist(env).parent / "images" / image, inp / image)
+    infer(bundle, inp, out, models, env)
+    want = json.loads((out / f"{Path(image).stem}.json").read_text())
+    served = LandmarkBundle(REPO_ROOT / "bundles" / bundle, Path(models) / "model.pt", device="cpu")
+    record, points, world = served.predict(inp / image)
+    assert world is None and points.shape == (len(want["landmarks"]), 2)
+    assert [lm["name"] for lm in record["landmarks"]] == [lm["name"] for lm in want["landmarks"]]
+    for got_lm, want_lm in zip(record["landmarks"], want["landmarks"]):
+        assert set(got_lm) == set(want_lm), (got_lm, want_lm)
+        for key, value in want_lm.items():
+            pairs = value.items() if isinstance(value, dict) else [(None, value)]  # e.g. D-CeLR's sigma {x, y}
+            for sub, v in pairs:
+                got = got_lm[key] if sub is None else got_lm[key][sub]
+                if isinstance(v, (int, float)):
+                    assert got == pytest.approx(v, abs=1e-3), (key, got_lm, want_lm)
+                else:
+                    assert got == v, (key, got_lm, want_lm)
     return record

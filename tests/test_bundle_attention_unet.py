@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import (
+    assert_label_predicts_as_inference,
     REPO_ROOT,
     assert_scores_match,
     bundle_configs,
@@ -462,3 +463,9 @@ def test_learns_on_demo_data(tmp_path, demo_env):
     for variant, extra in {"full": {}, "global": {"predict_stage": "global"}}.items():
         written = {k: v for k, v in _points(root / f"eval_{variant}").items() if k in {f"test_{i:03d}" for i in range(4)}}
         assert_few_clamped(predictor_points(root / "models", inp, **extra), written, max_fraction=0.02)
+
+
+def test_monai_label_serves_what_inference_writes(trained, tmp_path, demo_env):
+    """The MONAI Label app's wrapper of this bundle predicts what ``run inference`` writes (points, names, fields)."""
+    root, _ = trained
+    assert_label_predicts_as_inference(BUNDLE, root / "models", tmp_path, demo_env)

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 from bundle_utils import (
+    assert_label_predicts_as_inference,
     model_record,
     zoo_checks,
     assert_scripted_equals_eager,
@@ -159,3 +160,9 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     _, pred, _ = hamedan_round_trip(BUNDLE, data_dir, tmp_path, demo_env, **settings)
     assert pred["output"] == "two_pass"
     assert all(0 <= lm["x"] <= 1340 and 0 <= lm["y"] <= 1671 and lm["confidence"] > 0 for lm in pred["landmarks"])
+
+
+def test_monai_label_serves_what_inference_writes(trained, tmp_path, demo_env):
+    """The MONAI Label app's wrapper of this bundle predicts what ``run inference`` writes (points, names, fields)."""
+    root, _ = trained
+    assert_label_predicts_as_inference(BUNDLE, root / "models", tmp_path, demo_env)

@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 from bundle_utils import (
+    assert_label_predicts_as_inference,
     model_record,
     zoo_checks,
     assert_scripted_equals_eager,
@@ -146,3 +147,9 @@ def test_hamedan_train_evaluate_infer(data_dir, tmp_path, demo_env):
     """The same commands on real cephalograms: a datalist from prepare_data.py, trimmed to a few images."""
     _, pred, _ = hamedan_round_trip(BUNDLE, data_dir, tmp_path, demo_env, **dict(TINY, batch_size=2))
     assert pred["head"] == "mean"
+
+
+def test_monai_label_serves_what_inference_writes(trained, tmp_path, demo_env):
+    """The MONAI Label app's wrapper of this bundle predicts what ``run inference`` writes (points, names, fields)."""
+    root, _ = trained
+    assert_label_predicts_as_inference(BUNDLE, root / "models", tmp_path, demo_env)
