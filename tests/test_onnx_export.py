@@ -28,6 +28,7 @@ def test_network_def_onnx_matches_eager(bundle, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
     parser.update(overrides)
+    torch.manual_seed(0)  # fixed weights and input: the comparison is reproducible
     net = parser.get_parsed_content("network_def").eval()
     x = torch.rand(*shape)
     with torch.no_grad():
@@ -37,4 +38,7 @@ def test_network_def_onnx_matches_eager(bundle, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert out.shape == eager.shape
-    np.testing.assert_allclose(out, eager, atol=1e-4, rtol=1e-4)
+    # ONNX Runtime sums in another order (fused kernels): allow float32 reassociation noise relative to the
+    # output's scale; a wrong export differs by the output's own magnitude.
+    scale = float(np.abs(eager).max())
+    np.testing.assert_allclose(out, eager, atol=1e-3 * scale, rtol=1e-4)
